@@ -1,0 +1,8 @@
+"""Fused kernels for the LDRLD knowledge-distillation loss."""
+
+from ldrld_kernels.adw import adw_weights
+from ldrld_kernels.api import LDRLDLoss, LDRLDOutput, ldrld_loss
+
+__version__ = "0.1.0"
+
+__all__ = ["LDRLDLoss", "LDRLDOutput", "__version__", "adw_weights", "ldrld_loss"]

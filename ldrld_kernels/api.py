@@ -1,0 +1,219 @@
+"""Public entry points: ``ldrld_loss``, ``LDRLDLoss`` and ``LDRLDOutput``.
+
+Validation, backend choice, the autograd Function and the reduction live here; the
+per-row math lives in the backends (``torch_path`` and the Triton kernels), which all
+return row losses and the gradients of the row losses, computed in the forward pass.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import NamedTuple
+
+import torch
+
+from ldrld_kernels import torch_path
+from ldrld_kernels.config import LossConfig
+from ldrld_kernels.validation import check_target_values, validate
+
+
+class LDRLDOutput(NamedTuple):
+    """``loss`` is differentiable; ``ce``, ``local``, ``rntk`` are the unweighted reduced
+    terms (``local`` and ``rntk`` include T^2), detached."""
+
+    loss: torch.Tensor
+    ce: torch.Tensor
+    local: torch.Tensor
+    rntk: torch.Tensor
+
+
+def _triton_rows(*args):
+    from ldrld_kernels import triton_fused
+
+    return triton_fused.ldrld_rows(*args)
+
+
+_BACKENDS = {"torch": torch_path.ldrld_rows, "triton": _triton_rows}
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def resolve_backend(backend: str, student: torch.Tensor, teacher: torch.Tensor) -> str:
+    """The backend that runs: ``"auto"`` picks Triton for CUDA tensors, else PyTorch."""
+    has_float64 = torch.float64 in (student.dtype, teacher.dtype)
+    if backend == "auto":
+        usable = student.is_cuda and not has_float64 and _triton_available()
+        return "triton" if usable else "torch"
+    if backend == "triton":
+        if has_float64:
+            raise TypeError("ldrld_loss: backend='triton' takes float32, float16 or bfloat16 "
+                            "logits, got dtype=torch.float64 (use backend='torch')")
+        if not _triton_available():
+            raise ValueError("ldrld_loss: backend='triton' needs the triton package, "
+                             "which is not installed")
+        if not student.is_cuda and not (student.device.type == "cpu" and _interpreting()):
+            raise ValueError(
+                f"ldrld_loss: backend='triton' needs CUDA tensors (got device={student.device}); "
+                "on CPU it runs only under TRITON_INTERPRET=1"
+            )
+    return backend
+
+
+class _LDRLDFunction(torch.autograd.Function):
+    """Row losses of 2-D logits; the gradients come from the forward pass and backward
+    only scales them by the upstream gradient of each row (in place, so once)."""
+
+    @staticmethod
+    def forward(ctx, student, teacher, target, config, backend):
+        row_loss, parts, grad_s, grad_t = _BACKENDS[backend](
+            student, teacher, target, config, ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        )
+        ctx.save_for_backward(grad_s, grad_t)
+        ctx.backward_done = False
+        ctx.mark_non_differentiable(parts)
+        return row_loss, parts
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_rows, _grad_parts):
+        if ctx.backward_done:
+            raise RuntimeError(
+                "ldrld_loss: backward ran twice through the same graph (retain_graph=True); "
+                "its saved gradients are scaled in place, so compute the loss again instead"
+            )
+        ctx.backward_done = True
+        grad_s, grad_t = ctx.saved_tensors
+        scale = grad_rows[:, None]
+        grad_s = grad_s.mul_(scale) if grad_s is not None else None
+        grad_t = grad_t.mul_(scale) if grad_t is not None else None
+        return grad_s, grad_t, None, None, None
+
+
+def ldrld_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    target: torch.Tensor | None = None,
+    *,
+    k: int = 7,
+    temperature: float = 4.0,
+    alpha: float = 1.0,
+    beta: float = 1.0,
+    ce_weight: float = 1.0,
+    adw_scale: float = 2.0,
+    adw_decay: float = 0.05,
+    adw_offset: float = 1.5,
+    rank_by: str = "student",
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    backend: str = "auto",
+    return_parts: bool = False,
+) -> torch.Tensor | LDRLDOutput:
+    """LDRLD knowledge-distillation loss (Xu et al., ICCV 2025).
+
+    Args:
+        student_logits: ``(..., C)`` float32, float16 or bfloat16 (float64 on the PyTorch
+            path); any strides.
+        teacher_logits: ``(..., C)``, same shape and device; may differ in dtype. Gets a
+            gradient when it requires grad (online / mutual distillation).
+        target: ``(...)`` int64 class indices, or None for no cross-entropy term. Rows equal
+            to ``ignore_index`` contribute nothing and get zero gradient.
+        k: number of top classes (ranked by ``rank_by``) whose pairs are distilled,
+            ``2 <= k < C`` and ``k <= 64``.
+        temperature: softmax temperature ``T > 0``; the KL terms are scaled by ``T^2``.
+        alpha, beta, ce_weight: weights of the local, the remaining-class and the CE terms.
+        adw_scale, adw_decay, adw_offset: the pair weights, see ``adw_weights``.
+        rank_by: ``"student"`` (as the released code) or ``"teacher"``.
+        reduction: ``"mean"`` over the counted rows (0 when none counts), ``"sum"``, or
+            ``"none"`` for a ``(...)`` tensor of row losses.
+        backend: ``"auto"`` (Triton for CUDA tensors, else PyTorch), ``"triton"``, ``"torch"``.
+        return_parts: also return the unweighted reduced terms as an ``LDRLDOutput``.
+
+    Returns:
+        The loss, float32 (float64 for float64 inputs), or an ``LDRLDOutput``.
+    """
+    validate(
+        student_logits, teacher_logits, target, k=k, temperature=temperature, alpha=alpha,
+        beta=beta, ce_weight=ce_weight, adw_scale=adw_scale, adw_decay=adw_decay,
+        adw_offset=adw_offset, rank_by=rank_by, ignore_index=ignore_index,
+        reduction=reduction, backend=backend,
+    )
+    backend = resolve_backend(backend, student_logits, teacher_logits)
+    lead, num_classes = student_logits.shape[:-1], student_logits.shape[-1]
+    flat_target = None
+    if target is not None:
+        flat_target = target.reshape(-1)
+        check_target_values(flat_target, num_classes, ignore_index)
+    config = LossConfig(
+        k=int(k), temperature=float(temperature), alpha=float(alpha), beta=float(beta),
+        ce_weight=float(ce_weight), adw_scale=float(adw_scale), adw_decay=float(adw_decay),
+        adw_offset=float(adw_offset), rank_by=rank_by, ignore_index=int(ignore_index),
+    )
+    row_loss, parts = _LDRLDFunction.apply(
+        student_logits.reshape(-1, num_classes), teacher_logits.reshape(-1, num_classes),
+        flat_target, config, backend,
+    )
+
+    if reduction == "none":
+        loss, reduced_parts = row_loss.reshape(lead), parts.reshape(*lead, 3)
+    else:
+        loss, reduced_parts = row_loss.sum(), parts.sum(dim=0)
+        if reduction == "mean":
+            if flat_target is None:
+                count = torch.tensor(max(row_loss.shape[0], 1), device=row_loss.device)
+            else:
+                count = (flat_target != ignore_index).sum().clamp_min(1)
+            loss, reduced_parts = loss / count, reduced_parts / count
+    if not return_parts:
+        return loss
+    ce, local, rntk = reduced_parts.unbind(dim=-1)
+    return LDRLDOutput(loss, ce, local, rntk)
+
+
+class LDRLDLoss(torch.nn.Module):
+    """``nn.Module`` form of ``ldrld_loss``: the keywords are fixed at construction and
+    ``forward(student_logits, teacher_logits, target=None)`` returns the loss."""
+
+    def __init__(
+        self,
+        k: int = 7,
+        temperature: float = 4.0,
+        alpha: float = 1.0,
+        beta: float = 1.0,
+        ce_weight: float = 1.0,
+        adw_scale: float = 2.0,
+        adw_decay: float = 0.05,
+        adw_offset: float = 1.5,
+        rank_by: str = "student",
+        ignore_index: int = -100,
+        reduction: str = "mean",
+        backend: str = "auto",
+        return_parts: bool = False,
+    ) -> None:
+        super().__init__()
+        self.options = {
+            "k": k, "temperature": temperature, "alpha": alpha, "beta": beta,
+            "ce_weight": ce_weight, "adw_scale": adw_scale, "adw_decay": adw_decay,
+            "adw_offset": adw_offset, "rank_by": rank_by, "ignore_index": ignore_index,
+            "reduction": reduction, "backend": backend, "return_parts": return_parts,
+        }
+
+    def forward(
+        self,
+        student_logits: torch.Tensor,
+        teacher_logits: torch.Tensor,
+        target: torch.Tensor | None = None,
+    ) -> torch.Tensor | LDRLDOutput:
+        return ldrld_loss(student_logits, teacher_logits, target, **self.options)
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{name}={value!r}" for name, value in self.options.items())

@@ -1,0 +1,90 @@
+"""Accuracy against the float64 reference: the tolerance table and the comparison that both
+the tests and ``ldrld check`` use.
+
+A backend runs on the given inputs; the reference runs on the same values upcast to float64.
+The loss is computed in float32 for every low-precision input, so its tolerance follows the
+compute dtype; each gradient is returned in its input's dtype, so its tolerance follows that.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+import reference
+from ldrld_kernels.api import ldrld_loss
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    rtol: float
+    atol: float
+
+
+# loss: by compute dtype (float64 for float64 inputs, else float32);
+# gradients: by the input's dtype (bfloat16 and float16 gradients are rounded twice: when the
+# forward pass stores them and when backward scales them by the upstream gradient).
+LOSS_TOLERANCES = {
+    torch.float64: Tolerance(rtol=1e-9, atol=1e-12),
+    torch.float32: Tolerance(rtol=1e-5, atol=1e-6),
+}
+GRAD_TOLERANCES = {
+    torch.float64: Tolerance(rtol=1e-9, atol=1e-12),
+    torch.float32: Tolerance(rtol=1e-5, atol=1e-6),
+    torch.float16: Tolerance(rtol=2e-3, atol=1e-5),
+    torch.bfloat16: Tolerance(rtol=1.6e-2, atol=1e-4),
+}
+
+
+@dataclass
+class Comparison:
+    """Largest absolute errors and whether everything is within its tolerance."""
+
+    loss_err: float
+    student_grad_err: float
+    teacher_grad_err: float
+    passed: bool
+
+
+def _error(actual: torch.Tensor, expected: torch.Tensor, tol: Tolerance) -> tuple[float, bool]:
+    actual, expected = actual.detach().to(torch.float64), expected.detach()
+    both_nan = actual.isnan() & expected.isnan()
+    diff = torch.where(both_nan, 0.0, (actual - expected).abs())
+    ok = bool((diff <= tol.atol + tol.rtol * expected.abs()).all())
+    return (float(diff.max()) if diff.numel() else 0.0), ok
+
+
+def compare_with_reference(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    target: torch.Tensor | None = None,
+    *,
+    backend: str,
+    teacher_grad: bool = True,
+    generator: torch.Generator | None = None,
+    **loss_kwargs,
+) -> Comparison:
+    """Run ``ldrld_loss`` with ``backend`` and the float64 reference on the same inputs, pull a
+    random upstream gradient through both, and compare the loss and the input gradients."""
+    student = student_logits.detach().clone().requires_grad_(True)
+    teacher = teacher_logits.detach().clone().requires_grad_(teacher_grad)
+    student64 = student_logits.detach().to(torch.float64).requires_grad_(True)
+    teacher64 = teacher_logits.detach().to(torch.float64).requires_grad_(teacher_grad)
+
+    loss = ldrld_loss(student, teacher, target, backend=backend, **loss_kwargs)
+    expected = reference.ldrld_loss(student64, teacher64, target, **loss_kwargs)
+    upstream = torch.randn(expected.shape, dtype=torch.float64, generator=generator)
+    upstream = upstream.to(expected.device)
+    inputs = (student, teacher) if teacher_grad else (student,)
+    inputs64 = (student64, teacher64) if teacher_grad else (student64,)
+    grads = torch.autograd.grad(loss, inputs, upstream.to(loss.dtype))
+    grads64 = torch.autograd.grad(expected, inputs64, upstream)
+
+    compute = torch.float64 if torch.float64 in (student.dtype, teacher.dtype) else torch.float32
+    loss_err, loss_ok = _error(loss, expected, LOSS_TOLERANCES[compute])
+    s_err, s_ok = _error(grads[0], grads64[0], GRAD_TOLERANCES[student.dtype])
+    t_err, t_ok = 0.0, True
+    if teacher_grad:
+        t_err, t_ok = _error(grads[1], grads64[1], GRAD_TOLERANCES[teacher.dtype])
+    return Comparison(loss_err, s_err, t_err, loss_ok and s_ok and t_ok)

@@ -1,0 +1,101 @@
+"""The ``ldrld`` command: ``ldrld check`` compares every backend available here with the
+float64 reference on fresh random logits and prints a PASS/FAIL table."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+import torch
+
+from ldrld_kernels.api import resolve_backend
+from ldrld_kernels.check import compare_with_reference
+
+# (rows, C, k): small enough to finish in seconds on a laptop CPU, odd sizes on purpose.
+CHECK_SHAPES = ((4, 37, 3), (3, 1000, 7), (2, 4099, 16))
+CHECK_DTYPES = {"float64": torch.float64, "float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def available_backends(device: torch.device) -> list[str]:
+    """The backends that can run on ``device`` on this machine."""
+    probe = torch.empty(1, 3, device=device)
+    names = ["torch"]
+    try:
+        resolve_backend("triton", probe, probe)
+        names.append("triton")
+    except (TypeError, ValueError):
+        pass
+    return names
+
+
+def _parse_shape(text: str) -> tuple[int, int, int]:
+    try:
+        rows, classes, k = (int(part) for part in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"shape must be ROWSxCxK, e.g. 4x37x3, got {text!r}")
+    return rows, classes, k
+
+
+def run_check(args: argparse.Namespace) -> int:
+    device = torch.device(args.device)
+    backends = available_backends(device) if args.backend == "all" else [args.backend]
+    generator = torch.Generator().manual_seed(args.seed)
+    header = f"{'backend':8} {'dtype':9} {'rows x C, k':18} {'loss err':>10} " \
+             f"{'d student':>10} {'d teacher':>10}  result"
+    print(header)
+    print("-" * len(header))
+    failures = 0
+    for rows, classes, k in args.shape or CHECK_SHAPES:
+        for dtype_name in args.dtype:
+            dtype = CHECK_DTYPES[dtype_name]
+            scale = torch.rand((), generator=generator) * 4 + 1
+            student = (torch.randn(rows, classes, generator=generator) * scale).to(dtype)
+            teacher = (torch.randn(rows, classes, generator=generator) * scale).to(dtype)
+            target = torch.randint(0, classes, (rows,), generator=generator)
+            target[0] = -100
+            for backend in backends:
+                if backend == "triton" and dtype == torch.float64:
+                    continue
+                result = compare_with_reference(
+                    student.to(device), teacher.to(device), target.to(device),
+                    backend=backend, generator=generator, k=k, temperature=4.0,
+                    alpha=10.5, beta=7.0,
+                )
+                failures += not result.passed
+                shape = f"{rows} x {classes}, {k}"
+                print(f"{backend:8} {dtype_name:9} {shape:18} {result.loss_err:10.2e} "
+                      f"{result.student_grad_err:10.2e} {result.teacher_grad_err:10.2e}  "
+                      f"{'PASS' if result.passed else 'FAIL'}", flush=True)
+    print(f"{failures} failed" if failures else "all passed")
+    return 1 if failures else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ldrld", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    check = commands.add_parser("check", help="compare the backends with the float64 reference")
+    check.add_argument("--backend", choices=("all", "torch", "triton"), default="all")
+    check.add_argument("--dtype", nargs="+", choices=tuple(CHECK_DTYPES),
+                       default=list(CHECK_DTYPES))
+    default_shapes = " ".join(f"{rows}x{c}x{k}" for rows, c, k in CHECK_SHAPES)
+    check.add_argument("--shape", nargs="+", type=_parse_shape, metavar="ROWSxCxK",
+                       help=f"shapes to check (default: {default_shapes})")
+    check.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    check.add_argument("--seed", type=int, default=None,
+                       help="seed of the random logits (default: fresh each run)")
+    check.set_defaults(run=run_check)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.seed is None:
+        args.seed = torch.seed() % 2**31
+    print(f"ldrld {args.command}: torch {torch.__version__}, device {args.device}, "
+          f"seed {args.seed}")
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

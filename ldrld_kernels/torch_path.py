@@ -1,0 +1,139 @@
+"""Vectorized PyTorch path: the loss and its gradients in closed form, for any device.
+
+Per row, with u = s / T and v = t / T (SPEC.md for the full statement):
+    local = T^2 (sum_{i<j} w_ij KL_ij + KL_top) / (k(k-1)/2 + 1)   on the top-k classes
+    rntk  = T^2 KL(softmax(v_R) || softmax(u_R))                   on the other C - k classes
+    row   = ce_weight * CE(s, y) + alpha * local + beta * rntk
+A pair needs no softmax: with a = v_i - v_j, b = u_i - u_j,
+    KL_ij = sig(a) (logsig(a) - logsig(b)) + sig(-a) (logsig(-a) - logsig(-b)).
+Gradients, per group G with p = softmax(v_G), q = softmax(u_G):
+    d(T^2 KL) / d s_c = T (q_c - p_c),   d(T^2 KL) / d t_c = T p_c (log(p_c / q_c) - KL),
+so a pair gives T (sig(b) - sig(a)) to s_i and the opposite to s_j. All pairs are one
+(rows, k, k) batch; the remaining classes are the row with the k selected ones set to -inf.
+The gradients are computed in the forward pass, like the fused kernel does.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from ldrld_kernels.adw import adw_weights
+from ldrld_kernels.config import LossConfig
+
+
+def top_k_indices(x: torch.Tensor, k: int) -> torch.Tensor:
+    """The ``k`` largest entries of each row of ``x`` (rows, C), in decreasing order.
+
+    Ties go to the smaller class index, exactly as ``torch.sort(x, descending=True,
+    stable=True)`` orders them, but without sorting the whole row: ``torch.topk`` finds the
+    k-th largest value, the tied entries are taken from the left, and only the k chosen
+    entries are sorted.
+    """
+    num_classes = x.shape[-1]
+    kth = torch.topk(x, k, dim=-1).values[:, -1:]
+    above = x > kth
+    tied = x == kth
+    wanted_ties = k - above.sum(dim=-1, keepdim=True)
+    chosen = above | (tied & (tied.cumsum(dim=-1) <= wanted_ties))
+    # Distinct keys: chosen classes by ascending index, then a stable sort by value.
+    position = torch.arange(num_classes, 0, -1, device=x.device)
+    index = torch.topk(torch.where(chosen, position, 0), k, dim=-1).indices
+    by_value = torch.sort(x.gather(1, index), dim=-1, descending=True, stable=True).indices
+    return index.gather(1, by_value)
+
+
+def ldrld_rows(
+    student: torch.Tensor,
+    teacher: torch.Tensor,
+    target: torch.Tensor | None,
+    config: LossConfig,
+    need_student_grad: bool,
+    need_teacher_grad: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Per-row LDRLD of ``student`` and ``teacher`` logits, both (rows, C), any strides.
+
+    Returns ``(row_loss, parts, student_grad, teacher_grad)``: the row losses (rows,), the
+    unweighted ``(ce, local, rntk)`` of each row (rows, 3), and the gradients of the row loss
+    with respect to each input, in the input's dtype, or None where not asked for. Rows whose
+    target is ``ignore_index`` get zeros everywhere. Computes in float64 when either input is
+    float64, else in float32.
+    """
+    dtype = torch.promote_types(torch.promote_types(student.dtype, teacher.dtype), torch.float32)
+    rows, num_classes = student.shape
+    k, T = config.k, config.temperature
+    device = student.device
+    # Rank the logits themselves: dividing by T first could round distinct values together.
+    top = top_k_indices((student if config.rank_by == "student" else teacher).detach(), k)
+    u = student.detach().to(dtype) / T
+    v = teacher.detach().to(dtype) / T
+    u_top, v_top = u.gather(1, top), v.gather(1, top)
+
+    # Dense pairs, all at once; the weights are 0 on and below the diagonal.
+    weights = adw_weights(k, config.adw_scale, config.adw_decay, config.adw_offset,
+                          dtype=dtype, device=device)
+    a = v_top[:, :, None] - v_top[:, None, :]
+    b = u_top[:, :, None] - u_top[:, None, :]
+    p_pair = torch.sigmoid(a)
+    log_ratio_i = F.logsigmoid(a) - F.logsigmoid(b)
+    kl_pair = p_pair * log_ratio_i + torch.sigmoid(-a) * (F.logsigmoid(-a) - F.logsigmoid(-b))
+    # Top-k group.
+    log_p_top = F.log_softmax(v_top, dim=-1)
+    log_q_top = F.log_softmax(u_top, dim=-1)
+    p_top = log_p_top.exp()
+    kl_top = (p_top * (log_p_top - log_q_top)).sum(dim=-1)
+    local = T**2 * ((weights * kl_pair).sum(dim=(1, 2)) + kl_top) / config.num_groups
+
+    # Remaining classes: the row with the selected ones masked out.
+    selected = torch.zeros(rows, num_classes, dtype=torch.bool, device=device)
+    selected.scatter_(1, top, True)
+    log_q_rest = F.log_softmax(u.masked_fill(selected, -math.inf), dim=-1)
+    log_p_rest = F.log_softmax(v.masked_fill(selected, -math.inf), dim=-1)
+    p_rest = log_p_rest.exp()
+    # Classes of zero teacher probability (masked, or -inf padding) contribute exactly 0.
+    log_ratio_rest = torch.where(log_p_rest == -math.inf, 0.0, log_p_rest - log_q_rest)
+    kl_rest = (p_rest * log_ratio_rest).sum(dim=-1)
+    rntk = T**2 * kl_rest
+
+    if target is None:
+        counted = None
+        ce = torch.zeros(rows, dtype=dtype, device=device)
+    else:
+        counted = target != config.ignore_index
+        safe_target = torch.where(counted, target, 0)[:, None]
+        log_softmax_s = F.log_softmax(student.detach().to(dtype), dim=-1)
+        ce = -log_softmax_s.gather(1, safe_target)[:, 0]
+
+    parts = torch.stack([ce, local, rntk], dim=1)
+    row_loss = config.ce_weight * ce + config.alpha * local + config.beta * rntk
+    if counted is not None:
+        parts = torch.where(counted[:, None], parts, 0.0)
+        row_loss = torch.where(counted, row_loss, 0.0)
+
+    local_scale = config.alpha * T / config.num_groups
+    rest_scale = config.beta * T
+
+    def finish(grad: torch.Tensor, grad_top: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        grad.scatter_add_(1, top, local_scale * grad_top)
+        if counted is not None:
+            grad = torch.where(counted[:, None], grad, 0.0)
+        return grad.to(like.dtype)
+
+    student_grad = teacher_grad = None
+    if need_student_grad:
+        pair = weights * (torch.sigmoid(b) - p_pair)
+        grad_top = pair.sum(dim=2) - pair.sum(dim=1) + log_q_top.exp() - p_top
+        grad = rest_scale * (log_q_rest.exp() - p_rest)
+        if counted is not None:
+            grad += config.ce_weight * log_softmax_s.exp()
+            grad.scatter_add_(1, safe_target, torch.full_like(ce[:, None], -config.ce_weight))
+        student_grad = finish(grad, grad_top, student)
+    if need_teacher_grad:
+        pair = weights * p_pair * (log_ratio_i - kl_pair)
+        grad_top = (pair.sum(dim=2) - pair.sum(dim=1)
+                    + p_top * (log_p_top - log_q_top - kl_top[:, None]))
+        grad = rest_scale * p_rest * (log_ratio_rest - kl_rest[:, None])
+        teacher_grad = finish(grad, grad_top, teacher)
+    return row_loss, parts, student_grad, teacher_grad

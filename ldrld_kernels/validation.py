@@ -1,0 +1,132 @@
+"""Every check on the arguments of ``ldrld_loss``, in one place, before any computation."""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import torch
+
+MAX_K = 64
+REDUCTIONS = ("mean", "sum", "none")
+RANK_BY = ("student", "teacher")
+BACKENDS = ("auto", "triton", "torch")
+LOGIT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+def _check_logits(name: str, logits: object) -> torch.Tensor:
+    if not isinstance(logits, torch.Tensor):
+        raise TypeError(f"ldrld_loss: {name} must be a torch.Tensor, got {type(logits).__name__}")
+    if logits.dtype not in LOGIT_DTYPES:
+        raise TypeError(
+            f"ldrld_loss: {name} must be float32, float16, bfloat16 or float64, "
+            f"got dtype={logits.dtype}"
+        )
+    if logits.dim() < 1:
+        raise ValueError(f"ldrld_loss: {name} must have a class dimension, got a 0-d tensor")
+    return logits
+
+
+def _check_real(name: str, value: object, positive: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"ldrld_loss: {name} must be a real number, got {name}={value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"ldrld_loss: {name} must be finite, got {name}={value!r}")
+    if positive and value <= 0:
+        raise ValueError(f"ldrld_loss: {name} must be > 0, got {name}={value!r}")
+
+
+def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"ldrld_loss: {name} must be one of {choices}, got {name}={value!r}")
+
+
+def validate(
+    student_logits: object,
+    teacher_logits: object,
+    target: object,
+    *,
+    k: object,
+    temperature: object,
+    alpha: object,
+    beta: object,
+    ce_weight: object,
+    adw_scale: object,
+    adw_decay: object,
+    adw_offset: object,
+    rank_by: object,
+    ignore_index: object,
+    reduction: object,
+    backend: object,
+) -> None:
+    """Raise ``TypeError`` / ``ValueError`` naming the argument and the value, or return.
+
+    Target values are checked separately (``check_target_values``): that reads the data.
+    """
+    student = _check_logits("student_logits", student_logits)
+    teacher = _check_logits("teacher_logits", teacher_logits)
+    if student.shape != teacher.shape:
+        raise ValueError(
+            "ldrld_loss: student_logits and teacher_logits must have the same shape, got "
+            f"{tuple(student.shape)} and {tuple(teacher.shape)}"
+        )
+    if student.device != teacher.device:
+        raise ValueError(
+            "ldrld_loss: student_logits and teacher_logits must be on the same device, got "
+            f"{student.device} and {teacher.device}"
+        )
+    num_classes = student.shape[-1]
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral):
+        raise TypeError(f"ldrld_loss: k must be an int, got k={k!r}")
+    if not 2 <= k < num_classes:
+        raise ValueError(
+            f"ldrld_loss: k must satisfy 2 <= k < C (C = {num_classes} classes), got k={k}"
+        )
+    if k > MAX_K:
+        raise ValueError(f"ldrld_loss: k must be <= {MAX_K}, got k={k}")
+    _check_real("temperature", temperature, positive=True)
+    for name, value in (("alpha", alpha), ("beta", beta), ("ce_weight", ce_weight),
+                        ("adw_scale", adw_scale), ("adw_decay", adw_decay),
+                        ("adw_offset", adw_offset)):
+        _check_real(name, value)
+    _check_choice("rank_by", rank_by, RANK_BY)
+    _check_choice("reduction", reduction, REDUCTIONS)
+    _check_choice("backend", backend, BACKENDS)
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral):
+        raise TypeError(f"ldrld_loss: ignore_index must be an int, got ignore_index={ignore_index!r}")
+    if target is None:
+        return
+    if not isinstance(target, torch.Tensor):
+        raise TypeError(
+            f"ldrld_loss: target must be a torch.Tensor or None, got {type(target).__name__}"
+        )
+    if target.dtype != torch.int64:
+        raise TypeError(f"ldrld_loss: target must be int64 (torch.long), got dtype={target.dtype}")
+    if target.shape != student.shape[:-1]:
+        raise ValueError(
+            f"ldrld_loss: target must have shape {tuple(student.shape[:-1])} (the logits "
+            f"without their class dimension), got {tuple(target.shape)}"
+        )
+    if target.device != student.device:
+        raise ValueError(
+            f"ldrld_loss: target must be on the logits' device {student.device}, "
+            f"got {target.device}"
+        )
+
+
+def check_target_values(target: torch.Tensor, num_classes: int, ignore_index: int) -> None:
+    """Targets must lie in [0, C) or equal ``ignore_index``.
+
+    On CPU this raises ``ValueError``; on an accelerator it is a device-side assertion, so
+    that no host synchronisation is forced (the error then surfaces at a later sync).
+    """
+    bad = ((target < 0) | (target >= num_classes)) & (target != ignore_index)
+    if target.device.type == "cpu":
+        if bool(bad.any()):
+            value = int(target[bad][0])
+            raise ValueError(
+                f"ldrld_loss: target values must be in [0, {num_classes}) or ignore_index="
+                f"{ignore_index}, got target value {value}"
+            )
+    else:
+        torch._assert_async(~bad.any(), "ldrld_loss: target value outside [0, C)")

@@ -1,0 +1,43 @@
+"""Inputs and expectations shared by the test modules."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+GOLDEN = json.loads((Path(__file__).parent / "data" / "released_ldrld.json").read_text())
+GOLDEN_IDS = [f"C{case['classes']}-k{case['k']}-T{case['temperature']:g}"
+              for case in GOLDEN["cases"]]
+
+
+def random_logits(*shape: int, dtype=torch.float32, scale: float = 3.0, seed: int = 0):
+    """Fresh random student and teacher logits of ``shape``, never zeros."""
+    generator = torch.Generator().manual_seed(seed)
+    student = torch.randn(*shape, generator=generator, dtype=torch.float64) * scale
+    teacher = torch.randn(*shape, generator=generator, dtype=torch.float64) * scale
+    return student.to(dtype), teacher.to(dtype)
+
+
+def random_target(*shape: int, num_classes: int, seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed + 1)
+    return torch.randint(0, num_classes, shape, generator=generator)
+
+
+def check_golden(case: dict, loss_fn, dtype: torch.dtype, rtol: float, device="cpu") -> None:
+    """``loss_fn`` (the signature of ``ldrld_loss``) reproduces one released-code case."""
+    student = torch.tensor(case["student_logits"], dtype=dtype, device=device,
+                           requires_grad=True)
+    teacher = torch.tensor(case["teacher_logits"], dtype=dtype, device=device)
+    out = loss_fn(
+        student, teacher, torch.tensor(case["target"], device=device), k=case["k"],
+        temperature=case["temperature"], alpha=case["alpha"], beta=case["beta"],
+        ce_weight=case["ce_weight"], return_parts=True,
+    )
+    out.loss.backward()
+    assert out.local.item() == pytest.approx(case["local"], rel=rtol)
+    assert out.rntk.item() == pytest.approx(case["rntk"], rel=rtol, abs=1e-12)
+    assert out.loss.item() == pytest.approx(case["loss"], rel=rtol)
+    expected_grad = torch.tensor(case["student_grad"], dtype=torch.float64)
+    torch.testing.assert_close(student.grad.cpu().double(), expected_grad, rtol=rtol,
+                               atol=rtol * expected_grad.abs().max().item())
