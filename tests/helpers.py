@@ -6,6 +6,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from ldrld_kernels.api import resolve_backend
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
 GOLDEN = json.loads((Path(__file__).parent / "data" / "released_ldrld.json").read_text())
 GOLDEN_IDS = [f"C{case['classes']}-k{case['k']}-T{case['temperature']:g}"
               for case in GOLDEN["cases"]]
@@ -41,3 +45,16 @@ def check_golden(case: dict, loss_fn, dtype: torch.dtype, rtol: float, device="c
     expected_grad = torch.tensor(case["student_grad"], dtype=torch.float64)
     torch.testing.assert_close(student.grad.cpu().double(), expected_grad, rtol=rtol,
                                atol=rtol * expected_grad.abs().max().item())
+
+
+def triton_runs_here() -> bool:
+    probe = torch.empty(1, 3, device=DEVICE)
+    try:
+        resolve_backend("triton", probe, probe)
+    except ValueError:
+        return False
+    return True
+
+
+requires_triton = pytest.mark.skipif(
+    not triton_runs_here(), reason="needs triton and a GPU or TRITON_INTERPRET=1")

@@ -7,6 +7,7 @@ import pytest
 
 from ldrld_kernels import cli
 from ldrld_kernels.check import Comparison
+from tests.helpers import requires_triton
 
 
 def test_check_passes_and_prints_a_table(capsys):
@@ -18,6 +19,15 @@ def test_check_passes_and_prints_a_table(capsys):
     rows = [line for line in out.splitlines() if line.startswith("torch ")]
     assert len(rows) == 6 and all(line.endswith("PASS") for line in rows)
     assert "3 x 300, 7" in out
+
+
+@requires_triton
+def test_check_runs_the_triton_backend(capsys):
+    assert cli.main(["check", "--backend", "all", "--seed", "4", "--shape", "2x50x4",
+                     "--dtype", "float32", "bfloat16"]) == 0
+    out = capsys.readouterr().out
+    assert len([line for line in out.splitlines() if line.startswith("triton ")]) == 2
+    assert "FAIL" not in out
 
 
 def test_check_exits_1_on_failure(monkeypatch, capsys):
