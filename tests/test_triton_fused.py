@@ -4,7 +4,6 @@ Compiled on a GPU when there is one, under TRITON_INTERPRET=1 on CPU otherwise.
 """
 
 import math
-import warnings
 
 import pytest
 import torch
@@ -140,16 +139,3 @@ def test_auto_takes_triton_only_on_cuda():
     student, teacher = random_logits(2, 37)
     expected = "triton" if DEVICE == "cuda" else "torch"
     assert lk.api.resolve_backend("auto", student.to(DEVICE), teacher.to(DEVICE)) == expected
-
-
-def test_wider_rows_fall_back_to_the_torch_path_with_one_warning(monkeypatch):
-    from ldrld_kernels import triton_fused
-
-    monkeypatch.setattr(triton_fused, "MAX_FUSED", 64)
-    monkeypatch.setattr(triton_fused, "_warned_large", False)
-    student, teacher = random_logits(2, 100, seed=13)
-    with pytest.warns(UserWarning, match="PyTorch path"):
-        assert_matches(student, teacher, k=7)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        assert_matches(student, teacher, k=7)

@@ -1,0 +1,99 @@
+"""Triton device functions shared by the fused and the chunked LDRLD kernels.
+
+With u = s / T and v = t / T, the top-k classes pi and the remaining classes R:
+    local = T^2 (sum_{i<j} w_ij KL_ij + KL(softmax(v_pi) || softmax(u_pi))) / (k(k-1)/2 + 1)
+    KL_ij = sig(a) (logsig(a) - logsig(b)) + sig(-a) (logsig(-a) - logsig(-b)),
+            a = v_pi_i - v_pi_j, b = u_pi_i - u_pi_j
+    rntk  = T^2 KL(softmax(v_R) || softmax(u_R))
+Gradients, per group G with p = softmax(v_G), q = softmax(u_G):
+    d(T^2 KL) / d s_c = T (q_c - p_c),        d(T^2 KL) / d t_c = T p_c (log(p_c / q_c) - KL);
+    a pair gives T (sig(b) - sig(a)) to s_pi_i and the opposite to s_pi_j;
+    d CE / d s_c = softmax(s)_c - [c == y].
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _logsigmoid(x):
+    return tl.minimum(x, 0.0) - tl.log(1.0 + tl.exp(-tl.abs(x)))
+
+
+@triton.jit
+def _local_term(top_s, top_t, k, T, alpha, adw_scale, adw_decay, adw_offset,
+                K_PAD: tl.constexpr):
+    """The local term of one row from the logits of its top-k classes in rank order (vectors
+    of K_PAD, entries past k ignored), and alpha times its gradients at those classes."""
+    ranks = tl.arange(0, K_PAD)
+    in_top = ranks < k
+    u_top = top_s / T
+    v_top = top_t / T
+
+    # Dense pairs as a (K_PAD, K_PAD) tile, weighted by ADW (0 outside i < j < k).
+    rank_i = (ranks + 1).to(tl.float32)[:, None]
+    rank_j = (ranks + 1).to(tl.float32)[None, :]
+    is_pair = (ranks[:, None] < ranks[None, :]) & in_top[None, :]
+    w = tl.where(is_pair, adw_scale * tl.exp(-adw_decay * (rank_i + rank_j))
+                 / (adw_offset + tl.abs(rank_i - rank_j)), 0.0)
+    a = v_top[:, None] - v_top[None, :]
+    b = u_top[:, None] - u_top[None, :]
+    p_pair = tl.sigmoid(a)
+    log_ratio_i = _logsigmoid(a) - _logsigmoid(b)
+    kl_pair = p_pair * log_ratio_i + tl.sigmoid(-a) * (_logsigmoid(-a) - _logsigmoid(-b))
+    pairs = tl.sum(tl.sum(w * kl_pair, axis=1), axis=0)
+
+    # The top-k group with weight 1.
+    u_group = tl.where(in_top, u_top, -float("inf"))
+    v_group = tl.where(in_top, v_top, -float("inf"))
+    u_max = tl.max(u_group, axis=0)
+    v_max = tl.max(v_group, axis=0)
+    log_q_top = u_group - u_max - tl.log(tl.sum(tl.exp(u_group - u_max), axis=0))
+    log_p_top = v_group - v_max - tl.log(tl.sum(tl.exp(v_group - v_max), axis=0))
+    p_top = tl.exp(log_p_top)
+    log_ratio_top = tl.where(in_top, log_p_top - log_q_top, 0.0)
+    kl_top = tl.sum(p_top * log_ratio_top, axis=0)
+
+    num_groups = (k * (k - 1) // 2 + 1).to(tl.float32)
+    local = T * T * (pairs + kl_top) / num_groups
+    scale = alpha * T / num_groups
+    pair = w * (tl.sigmoid(b) - p_pair)
+    grad_s = scale * (tl.sum(pair, axis=1) - tl.sum(pair, axis=0) + tl.exp(log_q_top) - p_top)
+    pair = w * p_pair * (log_ratio_i - kl_pair)
+    grad_t = scale * (tl.sum(pair, axis=1) - tl.sum(pair, axis=0)
+                      + p_top * (log_ratio_top - kl_top))
+    return local, grad_s, grad_t
+
+
+@triton.jit
+def _rest_grads(s, t, rest, lse_u, lse_v, kl_rest, T, beta):
+    """beta times the gradients of the remaining-class term, 0 outside ``rest``."""
+    u = tl.where(rest, s / T, -float("inf"))
+    v = tl.where(rest, t / T, -float("inf"))
+    log_p = v - lse_v
+    p = tl.exp(log_p)
+    log_ratio = tl.where(v == -float("inf"), 0.0, log_p - (u - lse_u))
+    grad_s = beta * T * (tl.exp(u - lse_u) - p)
+    grad_t = beta * T * p * (log_ratio - kl_rest)
+    return grad_s, grad_t
+
+
+@triton.jit
+def _ce_grad(s, cols, y, lse, ce_weight):
+    return ce_weight * (tl.exp(s - lse) - tl.where(cols == y, 1.0, 0.0))
+
+
+@triton.jit
+def _store_row(loss_ptr, parts_ptr, row, counted, ce, local, rntk, ce_weight, alpha, beta):
+    """The row loss and its unweighted parts (ce, local, rntk); zeros for an ignored row."""
+    tl.store(loss_ptr + row, tl.where(counted, ce_weight * ce + alpha * local + beta * rntk, 0.0))
+    tl.store(parts_ptr + row * 3 + 0, tl.where(counted, ce, 0.0))
+    tl.store(parts_ptr + row * 3 + 1, tl.where(counted, local, 0.0))
+    tl.store(parts_ptr + row * 3 + 2, tl.where(counted, rntk, 0.0))
+
+
+def num_warps_for(block: int) -> int:
+    """Warps for a program that holds ``block`` elements per vector."""
+    return 4 if block <= 2048 else 8 if block <= 8192 else 16
