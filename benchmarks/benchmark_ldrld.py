@@ -1,89 +1,73 @@
-"""pytest-benchmark suite: forward + backward of each backend against the released-code style
-reference (``reference.ldrld_loss``, one masked full-width softmax per group).
+"""pytest-benchmark suite: forward + backward of each backend, with the baselines of
+``ldrld bench`` (the reference in the released code's style, the vectorized PyTorch path, and
+``torch.compile`` of it on a GPU).
 
-    pytest benchmarks --benchmark-only                 # timings (median is the number to read)
-    pytest benchmarks --benchmark-only -k memory -s    # CPU peak memory, printed
+    pytest benchmarks --benchmark-only        # timings; the median is the number to read
+    pytest benchmarks --benchmark-disable     # each case once, as a test (what CI runs)
 
-Each case reads the student and teacher logits and writes the student gradient; the teacher
-does not require grad, as in ordinary distillation.
+Every case reads the student and the teacher logits and writes the student gradient (the
+teacher does not require grad, as in ordinary distillation); ``extra_info`` carries those
+compulsory bytes. Cases whose backend cannot run here (Triton and torch.compile without a
+GPU) or whose shape does not fit are skipped.
 """
 
 from __future__ import annotations
 
-import multiprocessing
-import resource
+import functools
 
 import pytest
 import torch
 
-import ldrld_kernels as lk
-import reference
+from ldrld_kernels import bench
 
-# (rows, C, k): ImageNet, and a small LLM-vocabulary batch.
-SHAPES = {"imagenet-256x1000": (256, 1000, 7), "vocab-8x131072": (8, 131072, 7)}
-
-
-def make_inputs(rows: int, num_classes: int, dtype=torch.float32, device="cpu", seed=0):
-    generator = torch.Generator().manual_seed(seed)
-    student = torch.randn(rows, num_classes, generator=generator) * 3
-    teacher = torch.randn(rows, num_classes, generator=generator) * 3
-    target = torch.randint(0, num_classes, (rows,), generator=generator)
-    return student.to(device, dtype), teacher.to(device, dtype), target.to(device)
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+SHAPES = (
+    bench.Shape("imagenet", 256, 1000),
+    bench.Shape("vocab-8x131072", 8, 131072),
+    bench.Shape("vocab-8k", 4096, 8192),
+)
+RUNNABLE = bench.available_backends(DEVICE, interpret=False)
 
 
-def loss_functions():
-    return {
-        "torch": lambda *a, **kw: lk.ldrld_loss(*a, backend="torch", **kw),
-        "reference": reference.ldrld_loss,
-    }
+def _skip_unless_runnable(backend: str, shape: bench.Shape) -> None:
+    if backend not in RUNNABLE:
+        pytest.skip(f"{backend} does not run on {DEVICE}")
+    reason = bench.skip_reason(backend, shape, DEVICE)
+    if reason or (DEVICE.type == "cpu" and shape.rows * shape.classes > 1 << 22):
+        pytest.skip(reason or "too large for a CPU run")
 
 
-def forward_backward(loss_fn, student, teacher, target, k):
-    student = student.detach().requires_grad_(True)
-    loss = loss_fn(student, teacher, target, k=k)
-    (grad,) = torch.autograd.grad(loss, student)
-    return grad
-
-
-@pytest.mark.parametrize("backend", ["torch", "reference"])
-@pytest.mark.parametrize("shape", list(SHAPES))
+@pytest.mark.parametrize("backend", bench.BACKENDS)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda shape: shape.name)
 def test_forward_backward(benchmark, shape, backend):
-    rows, num_classes, k = SHAPES[shape]
-    student, teacher, target = make_inputs(rows, num_classes)
-    benchmark.group = shape
-    benchmark.extra_info.update(rows=rows, classes=num_classes, k=k)
-    grad = benchmark(forward_backward, loss_functions()[backend], student, teacher, target, k)
+    _skip_unless_runnable(backend, shape)
+    student, teacher, target = bench.make_inputs(shape, torch.float32, DEVICE)
+    step = functools.partial(bench.training_step, bench.loss_function(backend), student,
+                             teacher, target, shape.k)
+
+    def synchronized_step():
+        grad = step()
+        if DEVICE.type == "cuda":
+            torch.cuda.synchronize()
+        return grad
+
+    benchmark.group = shape.name
+    benchmark.extra_info["compulsory_bytes"] = bench.compulsory_bytes(
+        shape.rows, shape.classes, torch.float32, torch.float32)
+    grad = benchmark(synchronized_step)
     assert grad.shape == student.shape and grad.isfinite().all()
 
 
-def _peak_in_child(backend: str, shape: str, queue) -> None:
-    rows, num_classes, k = SHAPES[shape]
-    inputs = make_inputs(rows, num_classes)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    forward_backward(loss_functions()[backend], *inputs, k=k)
-    queue.put((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)
-
-
-def cpu_peak_bytes(backend: str, shape: str) -> int:
-    """Growth of the peak resident memory of a fresh process over its first forward + backward,
-    after the inputs exist: a CPU stand-in for ``torch.cuda.max_memory_allocated`` (a second
-    run in the same process would reuse pages that the allocator kept and show less)."""
-    context = multiprocessing.get_context("spawn")
-    queue = context.Queue()
-    child = context.Process(target=_peak_in_child, args=(backend, shape, queue))
-    child.start()
-    peak = queue.get(timeout=600)
-    child.join()
-    return peak
-
-
-@pytest.mark.parametrize("backend", ["torch", "reference"])
-def test_memory(benchmark, backend):
-    shape = "vocab-8x131072"
-    rows, num_classes, _ = SHAPES[shape]
-    peak = benchmark.pedantic(cpu_peak_bytes, args=(backend, shape), rounds=1, iterations=1)
-    benchmark.extra_info["peak_bytes"] = peak
-    input_bytes = rows * num_classes * 4
-    print(f"\n{backend} {shape}: peak memory {peak / 2**20:.1f} MiB "
-          f"= {peak / input_bytes:.1f} x one float32 logit tensor")
-    assert peak > 0
+def test_torch_path_peak_memory_is_a_fraction_of_the_reference():
+    shape = SHAPES[1]
+    _skip_unless_runnable("reference", shape)
+    inputs = bench.make_inputs(shape, torch.float32, DEVICE)
+    peaks = {backend: bench.peak_memory_bytes(backend, shape, DEVICE, inputs)
+             for backend in ("torch", "reference")}
+    if None in peaks.values():
+        pytest.skip("this PyTorch cannot report CPU peak memory")
+    logits = shape.rows * shape.classes * 4
+    print(f"\npeak memory at {shape.rows} x {shape.classes}: "
+          + ", ".join(f"{b} {p / 2**20:.1f} MiB ({p / logits:.1f} x the logits)"
+                      for b, p in peaks.items()))
+    assert peaks["torch"] < peaks["reference"] / 4

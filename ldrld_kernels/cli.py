@@ -1,14 +1,20 @@
-"""The ``ldrld`` command: ``ldrld check`` compares every backend available here with the
-float64 reference on fresh random logits and prints a PASS/FAIL table. On a machine without
-a GPU the Triton kernels run under the Triton interpreter (TRITON_INTERPRET=1)."""
+"""The ``ldrld`` command.
+
+``ldrld check`` compares every backend available here with the float64 reference on fresh
+random logits and prints a PASS/FAIL table; on a machine without a GPU the Triton kernels run
+under the Triton interpreter (TRITON_INTERPRET=1). ``ldrld bench`` times forward + backward
+of the backends over a sweep of shapes (see ``ldrld_kernels.bench``).
+"""
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 
@@ -74,6 +80,32 @@ def run_check(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+def run_bench(args: argparse.Namespace) -> int:
+    from ldrld_kernels import bench
+
+    device = torch.device(args.device)
+    known = {shape.name: shape for shape in bench.SHAPES + bench.QUICK_SHAPES}
+    if args.shapes:
+        unknown = [name for name in args.shapes if name not in known]
+        if unknown:
+            print(f"ldrld bench: unknown shape(s) {unknown}; known: {sorted(known)}",
+                  file=sys.stderr)
+            return 2
+        shapes = [known[name] for name in args.shapes]
+    else:
+        shapes = list(bench.QUICK_SHAPES if args.quick else bench.SHAPES)
+    backends = args.backends or bench.available_backends(device, args.interpret)
+    report = bench.run_bench(shapes, args.dtypes, backends, device, args.quick,
+                             log=lambda line: print(line, file=sys.stderr, flush=True),
+                             time_limit=args.time_limit)
+    print(bench.format_table(report))
+    if args.out:
+        name = args.name or re.sub(r"[^A-Za-z0-9._-]+", "-", f"{report.card}-{report.date}")
+        for path in bench.write_outputs(report, Path(args.out), name):
+            print(f"wrote {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ldrld", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -88,21 +120,40 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--seed", type=int, default=None,
                        help="seed of the random logits (default: fresh each run)")
     check.set_defaults(run=run_check)
+
+    bench = commands.add_parser("bench", help="time forward + backward over a sweep of shapes")
+    bench.add_argument("--quick", action="store_true",
+                       help="two small shapes, short timings (about a minute on a laptop CPU)")
+    bench.add_argument("--shapes", nargs="+", metavar="NAME", help="shapes by name")
+    bench.add_argument("--dtypes", nargs="+", choices=("float32", "bfloat16"),
+                       default=["float32", "bfloat16"])
+    bench.add_argument("--backends", nargs="+",
+                       choices=("triton", "torch", "torch.compile", "reference"),
+                       help="default: all that run here (on CPU: torch and reference)")
+    bench.add_argument("--interpret", action="store_true",
+                       help="on CPU, include the Triton kernels under the interpreter")
+    bench.add_argument("--out", metavar="DIR", help="write NAME.json/.csv/.md/.png there")
+    bench.add_argument("--name", help="file name stem (default: <card>-<date>)")
+    bench.add_argument("--time-limit", type=float, metavar="SECONDS",
+                       help="skip the cases that would start after this many seconds")
+    bench.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    bench.set_defaults(run=run_bench)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if torch.device(args.device).type == "cpu":
+    interpret = args.command == "check" or args.interpret
+    if torch.device(args.device).type == "cpu" and interpret:
         # chosen before any kernel module is imported; an explicit setting wins
         os.environ.setdefault("TRITON_INTERPRET", "1")
         # the interpreter runs kernels in numpy, which warns on the -inf - -inf that the
         # kernels compute and then mask
         warnings.filterwarnings("ignore", "invalid value encountered", RuntimeWarning)
-    if args.seed is None:
-        args.seed = torch.seed() % 2**31
-    print(f"ldrld {args.command}: torch {torch.__version__}, device {args.device}, "
-          f"seed {args.seed}")
+    if args.command == "check":
+        if args.seed is None:
+            args.seed = torch.seed() % 2**31
+        print(f"ldrld check: torch {torch.__version__}, device {args.device}, seed {args.seed}")
     return args.run(args)
 
 

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# The GPU check: one command for a machine with an NVIDIA GPU, PyTorch and Triton
+# preinstalled, and no network. It installs nothing (the source tree goes on PYTHONPATH),
+# prints the card, the versions and nvidia-smi, runs the whole test suite compiled on the GPU
+# and `ldrld bench` over the full sweep, and writes <card>-<date>.{log,json,csv,md,png} under
+# $OUT when it is set, else under benchmarks/results/. Each step has a time limit; the whole
+# script ends within 8 minutes.
+#
+#   bash benchmarks/gpu_check.sh             # run it
+#   bash benchmarks/gpu_check.sh --dry-run   # list the steps, run nothing
+set -uo pipefail
+cd "$(dirname "$0")/.."
+
+dry_run=0
+case "${1:-}" in
+  --dry-run) dry_run=1 ;;
+  "") ;;
+  *) echo "usage: $0 [--dry-run]" >&2; exit 2 ;;
+esac
+
+out_dir="${OUT:-benchmarks/results}"
+card="no-gpu"
+if command -v nvidia-smi >/dev/null 2>&1; then
+  card=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1)
+fi
+name="$(printf '%s' "${card:-no-gpu}" | tr -cs 'A-Za-z0-9._-' '-' | sed 's/-*$//')-$(date -u +%Y-%m-%d)"
+
+TEST_LIMIT=270
+BENCH_LIMIT=180
+steps=(
+  "environment: nvidia-smi, then the Python, PyTorch, CUDA and Triton versions and the card"
+  "tests: python3 -m pytest tests, compiled on the GPU (pytest-xdist when present), at most ${TEST_LIMIT} s"
+  "bench: python3 -m ldrld_kernels bench --out $out_dir --name $name, at most ${BENCH_LIMIT} s"
+)
+if (( dry_run )); then
+  echo "gpu_check.sh would write $out_dir/$name.{log,json,csv,md,png} after these steps:"
+  for i in "${!steps[@]}"; do echo "  $((i + 1)). ${steps[$i]}"; done
+  exit 0
+fi
+
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONUNBUFFERED=1
+mkdir -p "$out_dir"
+exec > >(tee "$out_dir/$name.log") 2>&1
+
+failed=0
+step() {
+  local limit=$1
+  shift
+  echo "== $(date -u +%H:%M:%S) $*"
+  timeout --kill-after=10 "$limit" "$@"
+  local rc=$?
+  echo "== exit $rc"
+  [ "$rc" -eq 0 ] || failed=1
+}
+
+step 30 nvidia-smi
+step 60 python3 -c "import sys, torch, triton; print('python', sys.version.split()[0]); \
+print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__); \
+print('card', torch.cuda.get_device_name())"
+parallel=()
+python3 -c "import xdist" 2>/dev/null && parallel=(-n 8)
+step "$TEST_LIMIT" python3 -m pytest tests -q -rs "${parallel[@]}"
+step "$BENCH_LIMIT" python3 -m ldrld_kernels bench --out "$out_dir" --name "$name" \
+  --time-limit $((BENCH_LIMIT - 40))
+echo "== done: $([ "$failed" -eq 0 ] && echo all steps passed || echo a step failed)"
+exit "$failed"

@@ -1,0 +1,90 @@
+"""``ldrld bench`` and the GPU check script, on CPU."""
+
+import csv
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from ldrld_kernels import bench, cli
+
+ROOT = Path(__file__).resolve().parents[1]
+GPU_CHECK = ROOT / "benchmarks" / "gpu_check.sh"
+
+
+def test_compulsory_bytes():
+    # read student and teacher, write the student gradient
+    assert bench.compulsory_bytes(256, 1000, torch.float32, torch.float32) == 256 * 1000 * 12
+    assert bench.compulsory_bytes(256, 1000, torch.bfloat16, torch.float32) == 256 * 1000 * 8
+    assert bench.compulsory_bytes(8192, 32000, torch.bfloat16, torch.bfloat16) == 1_572_864_000
+
+
+def test_quick_bench_table_and_files(tmp_path, capsys):
+    code = cli.main(["bench", "--quick", "--out", str(tmp_path), "--name", "run"])
+    captured = capsys.readouterr()
+    assert code == 0
+    lines = captured.out.splitlines()
+    assert lines[0].split() == ["shape", "rows", "x", "C", "dtype", "backend", "ms", "GB/s", "%",
+                                "copy", "x", "ref", "x", "compile", "peak", "MiB"]
+    rows = [line for line in lines[2:] if line.startswith(("imagenet", "llm"))]
+    assert len(rows) == 8  # 2 shapes x 2 dtypes x (torch, reference)
+    assert "[8/8]" in captured.err and "device-to-device copy" in captured.err
+
+    report = json.loads((tmp_path / "run.json").read_text())
+    assert set(report) == {"device", "card", "date", "versions", "copy_gbps", "quick",
+                           "results"}
+    assert report["quick"] is True and report["copy_gbps"] > 0
+    assert {"torch", "triton", "python", "ldrld_kernels"} <= set(report["versions"])
+    first = report["results"][0]
+    assert set(first) == {"shape", "rows", "classes", "k", "dtype", "backend", "status",
+                          "median_ms", "gbps", "copy_fraction", "speedup_vs_reference",
+                          "speedup_vs_compile", "peak_memory_bytes"}
+    torch_rows = [r for r in report["results"] if r["backend"] == "torch"]
+    assert all(r["status"] == "ok" and r["median_ms"] > 0 for r in torch_rows)
+    for r in torch_rows:
+        nbytes = bench.compulsory_bytes(r["rows"], r["classes"], bench.DTYPES[r["dtype"]],
+                                        bench.DTYPES[r["dtype"]])
+        assert r["gbps"] == pytest.approx(nbytes / r["median_ms"] / 1e6)
+        assert r["speedup_vs_reference"] > 1
+    with (tmp_path / "run.csv").open() as handle:
+        assert len(list(csv.DictReader(handle))) == 8
+    assert (tmp_path / "run.md").read_text().count("\n| ") == 9
+
+
+def test_time_limit_skips_the_rest(capsys):
+    assert cli.main(["bench", "--shapes", "imagenet", "--dtypes", "float32", "--backends",
+                     "torch", "--time-limit", "0"]) == 0
+    assert "skipped: time limit" in capsys.readouterr().out
+
+
+def test_unknown_shape_and_bad_arguments(capsys):
+    assert cli.main(["bench", "--shapes", "nope"]) == 2
+    assert "unknown shape" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["bench", "--backends", "cuda"])
+
+
+def test_reference_is_skipped_on_large_shapes():
+    assert bench.skip_reason("reference", bench.Shape("big", 4096, 21843),
+                             torch.device("cpu")).startswith("skipped")
+    assert bench.skip_reason("torch", bench.Shape("small", 4, 100), torch.device("cpu")) is None
+
+
+def test_gpu_check_script_parses_and_lists_its_steps():
+    assert subprocess.run(["bash", "-n", str(GPU_CHECK)], check=False).returncode == 0
+    result = subprocess.run(["bash", str(GPU_CHECK), "--dry-run"], capture_output=True,
+                            text=True, check=False, timeout=60)
+    assert result.returncode == 0, result.stderr
+    steps = [line for line in result.stdout.splitlines() if line.strip()[:2] in {"1.", "2.",
+                                                                                  "3."}]
+    assert len(steps) == 3
+    assert "pytest" in steps[1] and "bench" in steps[2]
+    assert "{log,json,csv,md,png}" in result.stdout
+
+
+def test_gpu_check_rejects_unknown_arguments():
+    result = subprocess.run(["bash", str(GPU_CHECK), "--fast"], capture_output=True, text=True,
+                            check=False, timeout=60)
+    assert result.returncode == 2 and "usage" in result.stderr
