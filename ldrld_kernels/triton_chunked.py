@@ -43,7 +43,9 @@ from ldrld_kernels.triton_common import (
 # warps, which leaves registers for the handful of vectors alive at once.
 BLOCK_C = 4096
 MAX_SPLITS = 64
-NUM_STATS = 7  # u max, u sum, v max, v sum, sum exp(v - max) (v - u), s max, s sum
+NUM_STATS = tl.constexpr(7)  # u max, u sum, v max, v sum, sum exp(v - max) (v - u), s max, s sum
+# per row, for the gradient sweep: u max, u log-sum, v max, v log-sum, KL, s max, s log-sum
+NUM_ROW_STATS = tl.constexpr(7)
 
 
 @triton.jit
@@ -176,7 +178,7 @@ def _chunk_stats_kernel(
     tl.store(cand_s_ptr + out, cand_s)
     tl.store(cand_t_ptr + out, cand_t)
     tl.store(cand_idx_ptr + out, cand_idx)
-    stats = stats_ptr + (row * num_splits + split) * 7
+    stats = stats_ptr + (row * num_splits + split) * NUM_STATS
     tl.store(stats + 0, u_max)
     tl.store(stats + 1, u_sum)
     tl.store(stats + 2, v_max)
@@ -233,7 +235,7 @@ def _merge_kernel(
 
     # Statistics of the ranges, plus the candidates that were not selected.
     splits = tl.arange(0, SPLITS_PAD)
-    stats = stats_ptr + (row * num_splits + splits) * 7
+    stats = stats_ptr + (row * num_splits + splits) * NUM_STATS
     used = splits < num_splits
     u_maxes = tl.load(stats + 0, mask=used, other=-float("inf"))
     v_maxes = tl.load(stats + 2, mask=used, other=-float("inf"))
@@ -249,9 +251,9 @@ def _merge_kernel(
         tl.where(available, cand_t / T, -float("inf")))
     u_max, u_sum, v_max, v_sum, w = _merge_rest(u_max, u_sum, v_max, v_sum, w,
                                                 u_max2, u_sum2, v_max2, v_sum2, w2)
-    lse_u = u_max + tl.log(u_sum)
-    lse_v = v_max + tl.log(v_sum)
-    kl_rest = w / v_sum - lse_v + lse_u
+    u_log_sum = tl.log(u_sum)
+    v_log_sum = tl.log(v_sum)
+    kl_rest = w / v_sum + (u_max - v_max) + (u_log_sum - v_log_sum)
 
     if HAS_TARGET:
         y = tl.load(target_ptr + row)
@@ -259,22 +261,28 @@ def _merge_kernel(
         s_maxes = tl.load(stats + 5, mask=used, other=-float("inf"))
         s_max = tl.max(s_maxes, axis=0)
         s_scale = tl.exp(s_maxes - tl.where(s_max == -float("inf"), 0.0, s_max))
-        lse = s_max + tl.log(tl.sum(tl.load(stats + 6, mask=used, other=0.0) * s_scale, axis=0))
+        s_log_sum = tl.log(tl.sum(tl.load(stats + 6, mask=used, other=0.0) * s_scale, axis=0))
         y_safe = tl.where(counted & (y >= 0) & (y < C), y, 0)
-        ce = lse - tl.load(student_ptr + row * stride_s_row + y_safe * stride_s_col).to(tl.float32)
-        grad_top_s += _ce_grad(top_s, top_idx, y, lse, ce_weight)
+        s_y = tl.load(student_ptr + row * stride_s_row + y_safe * stride_s_col).to(tl.float32)
+        ce = (s_max - s_y) + s_log_sum
+        grad_top_s += _ce_grad(top_s, top_idx, y, s_max, s_log_sum, ce_weight)
     else:
         counted = True
         ce = 0.0
-        lse = 0.0
+        s_max = 0.0
+        s_log_sum = 0.0
     _store_row(loss_ptr, parts_ptr, row, counted, ce, local, T * T * kl_rest, ce_weight, alpha,
                beta)
 
     # What the gradient sweep needs, and the gradients at the selected classes.
-    tl.store(row_stats_ptr + row * 4 + 0, lse_u)
-    tl.store(row_stats_ptr + row * 4 + 1, lse_v)
-    tl.store(row_stats_ptr + row * 4 + 2, kl_rest)
-    tl.store(row_stats_ptr + row * 4 + 3, lse)
+    out = row_stats_ptr + row * NUM_ROW_STATS
+    tl.store(out + 0, u_max)
+    tl.store(out + 1, u_log_sum)
+    tl.store(out + 2, v_max)
+    tl.store(out + 3, v_log_sum)
+    tl.store(out + 4, kl_rest)
+    tl.store(out + 5, s_max)
+    tl.store(out + 6, s_log_sum)
     last = ranks == k - 1
     tl.store(kth_value_ptr + row, tl.sum(tl.where(last, top_key, 0.0), axis=0))
     tl.store(kth_idx_ptr + row, tl.sum(tl.where(last, top_idx, 0), axis=0))
@@ -308,10 +316,14 @@ def _chunk_grad_kernel(
     begin = tl.program_id(1) * split_size
     end = tl.minimum(begin + split_size, C)
     lanes = tl.arange(0, BLOCK_C)
-    lse_u = tl.load(row_stats_ptr + row * 4 + 0)
-    lse_v = tl.load(row_stats_ptr + row * 4 + 1)
-    kl_rest = tl.load(row_stats_ptr + row * 4 + 2)
-    lse = tl.load(row_stats_ptr + row * 4 + 3)
+    stats = row_stats_ptr + row * NUM_ROW_STATS
+    u_max = tl.load(stats + 0)
+    u_log_sum = tl.load(stats + 1)
+    v_max = tl.load(stats + 2)
+    v_log_sum = tl.load(stats + 3)
+    kl_rest = tl.load(stats + 4)
+    s_max = tl.load(stats + 5)
+    s_log_sum = tl.load(stats + 6)
     kth_value = tl.load(kth_value_ptr + row)
     kth_idx = tl.load(kth_idx_ptr + row)
     if HAS_TARGET:
@@ -331,10 +343,11 @@ def _chunk_grad_kernel(
         # the top-k are the classes at or above the k-th in (value desc, index asc) order
         selected = (key > kth_value) | ((key == kth_value) & (cols <= kth_idx))
         rest = in_chunk & ~selected
-        grad_s, grad_t = _rest_grads(s, t, rest, lse_u, lse_v, kl_rest, T, beta)
+        grad_s, grad_t = _rest_grads(s, t, rest, u_max, u_log_sum, v_max, v_log_sum, kl_rest,
+                                     T, beta)
         if STUDENT_GRAD:
             if HAS_TARGET:
-                grad_s += _ce_grad(s, cols, y, lse, ce_weight)
+                grad_s += _ce_grad(s, cols, y, s_max, s_log_sum, ce_weight)
             out = grad_s_ptr + row * stride_gs_row + cols
             tl.store(out, tl.where(counted, grad_s, 0.0).to(grad_s_ptr.dtype.element_ty),
                      mask=rest)
@@ -392,8 +405,8 @@ def ldrld_rows(
     cand_s = torch.empty(rows, splits, k_pad, dtype=torch.float32, device=device)
     cand_t = torch.empty_like(cand_s)
     cand_idx = torch.empty(rows, splits, k_pad, dtype=torch.int32, device=device)
-    stats = torch.empty(rows, splits, NUM_STATS, dtype=torch.float32, device=device)
-    row_stats = torch.empty(rows, 4, dtype=torch.float32, device=device)
+    stats = torch.empty(rows, splits, NUM_STATS.value, dtype=torch.float32, device=device)
+    row_stats = torch.empty(rows, NUM_ROW_STATS.value, dtype=torch.float32, device=device)
     kth_value = torch.empty(rows, dtype=torch.float32, device=device)
     kth_idx = torch.empty(rows, dtype=torch.int32, device=device)
     has_target = target is not None

@@ -79,20 +79,20 @@ def _ldrld_fused_kernel(
     v = tl.where(rest, t / T, -float("inf"))
     u_max = tl.max(u, axis=0)
     v_max = tl.max(v, axis=0)
-    lse_u = u_max + tl.log(tl.sum(tl.exp(u - u_max), axis=0))
-    lse_v = v_max + tl.log(tl.sum(tl.exp(v - v_max), axis=0))
-    log_p = v - lse_v
+    u_log_sum = tl.log(tl.sum(tl.exp(u - u_max), axis=0))
+    v_log_sum = tl.log(tl.sum(tl.exp(v - v_max), axis=0))
+    log_p = (v - v_max) - v_log_sum
+    log_q = (u - u_max) - u_log_sum
     # classes of zero teacher probability (selected, padded, -inf logits) contribute 0
-    kl_rest = tl.sum(tl.exp(log_p) * tl.where(v == -float("inf"), 0.0, log_p - (u - lse_u)),
-                     axis=0)
+    kl_rest = tl.sum(tl.exp(log_p) * tl.where(v == -float("inf"), 0.0, log_p - log_q), axis=0)
 
     # Cross-entropy at temperature 1, and whether the row counts.
     if HAS_TARGET:
         y = tl.load(target_ptr + row)
         counted = y != ignore_index
         s_max = tl.max(s, axis=0)
-        lse = s_max + tl.log(tl.sum(tl.exp(s - s_max), axis=0))
-        ce = lse - tl.sum(tl.where(cols == y, s, 0.0), axis=0)
+        s_log_sum = tl.log(tl.sum(tl.exp(s - s_max), axis=0))
+        ce = (s_max - tl.sum(tl.where(cols == y, s, 0.0), axis=0)) + s_log_sum
     else:
         counted = True
         ce = 0.0
@@ -102,11 +102,12 @@ def _ldrld_fused_kernel(
     # Gradients: the remaining classes in one full-row store, the top-k classes in a second
     # store to their k addresses (the two never overlap).
     in_top = ranks < k
-    grad_s, grad_t = _rest_grads(s, t, rest, lse_u, lse_v, kl_rest, T, beta)
+    grad_s, grad_t = _rest_grads(s, t, rest, u_max, u_log_sum, v_max, v_log_sum, kl_rest, T,
+                                 beta)
     if STUDENT_GRAD:
         if HAS_TARGET:
-            grad_s += _ce_grad(s, cols, y, lse, ce_weight)
-            grad_top_s += _ce_grad(top_s, top_idx, y, lse, ce_weight)
+            grad_s += _ce_grad(s, cols, y, s_max, s_log_sum, ce_weight)
+            grad_top_s += _ce_grad(top_s, top_idx, y, s_max, s_log_sum, ce_weight)
         out = grad_s_ptr + row * stride_gs_row
         out_ty = grad_s_ptr.dtype.element_ty
         tl.store(out + cols, tl.where(counted, grad_s, 0.0).to(out_ty), mask=rest)
