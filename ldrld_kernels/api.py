@@ -158,20 +158,31 @@ def ldrld_loss(
         ce_weight=float(ce_weight), adw_scale=float(adw_scale), adw_decay=float(adw_decay),
         adw_offset=float(adw_offset), rank_by=rank_by, ignore_index=int(ignore_index),
     )
-    row_loss, parts = _LDRLDFunction.apply(
-        student_logits.reshape(-1, num_classes), teacher_logits.reshape(-1, num_classes),
-        flat_target, config, backend,
-    )
+    student_2d = student_logits.reshape(-1, num_classes)
+    teacher_2d = teacher_logits.reshape(-1, num_classes)
+    if backend == "triton" and torch.compiler.is_compiling():
+        # torch.compile sees the kernels as one custom op rather than tracing their launches
+        from ldrld_kernels import ops
+
+        grad_enabled = torch.is_grad_enabled()
+        row_loss, parts, _, _ = ops.ldrld_rows(
+            student_2d, teacher_2d, flat_target, config.k, config.temperature, config.alpha,
+            config.beta, config.ce_weight, config.adw_scale, config.adw_decay,
+            config.adw_offset, config.rank_by == "teacher", config.ignore_index,
+            grad_enabled and student_2d.requires_grad, grad_enabled and teacher_2d.requires_grad,
+        )
+    else:
+        row_loss, parts = _LDRLDFunction.apply(student_2d, teacher_2d, flat_target, config,
+                                               backend)
 
     if reduction == "none":
         loss, reduced_parts = row_loss.reshape(lead), parts.reshape(*lead, 3)
     else:
         loss, reduced_parts = row_loss.sum(), parts.sum(dim=0)
         if reduction == "mean":
-            if flat_target is None:
-                count = torch.tensor(max(row_loss.shape[0], 1), device=row_loss.device)
-            else:
-                count = (flat_target != ignore_index).sum().clamp_min(1)
+            # counted on the device: no host sync, and capturable in a CUDA graph
+            count = max(row_loss.shape[0], 1) if flat_target is None else \
+                (flat_target != ignore_index).sum().clamp_min(1)
             loss, reduced_parts = loss / count, reduced_parts / count
     if not return_parts:
         return loss

@@ -117,11 +117,12 @@ def validate(
 def check_target_values(target: torch.Tensor, num_classes: int, ignore_index: int) -> None:
     """Targets must lie in [0, C) or equal ``ignore_index``.
 
-    On CPU this raises ``ValueError``; on an accelerator it is a device-side assertion, so
-    that no host synchronisation is forced (the error then surfaces at a later sync).
+    On CPU this raises ``ValueError``; on an accelerator, and inside ``torch.compile``, it is
+    an asynchronous assertion (a ``RuntimeError``), so that no host synchronisation is forced
+    and no graph breaks (on an accelerator the error surfaces at a later sync).
     """
     bad = ((target < 0) | (target >= num_classes)) & (target != ignore_index)
-    if target.device.type == "cpu":
+    if target.device.type == "cpu" and not torch.compiler.is_compiling():
         if bool(bad.any()):
             value = int(target[bad][0])
             raise ValueError(
