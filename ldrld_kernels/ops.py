@@ -12,10 +12,13 @@ from __future__ import annotations
 import torch
 
 from ldrld_kernels.config import LossConfig
+from ldrld_kernels.triton_common import allocate_outputs
 
 
-def _empty_like_grad(logits: torch.Tensor) -> torch.Tensor:
-    return logits.new_empty(0)
+def _op_outputs(student, teacher, row_loss, parts, grad_s, grad_t):
+    """A custom op returns tensors only: an empty one stands for a gradient not asked for."""
+    return (row_loss, parts, grad_s if grad_s is not None else student.new_empty(0),
+            grad_t if grad_t is not None else teacher.new_empty(0))
 
 
 @torch.library.custom_op("ldrld_kernels::ldrld_rows", mutates_args=())
@@ -42,24 +45,15 @@ def ldrld_rows(
 
     config = LossConfig(k, temperature, alpha, beta, ce_weight, adw_scale, adw_decay, adw_offset,
                         "teacher" if rank_by_teacher else "student", ignore_index)
-    row_loss, parts, grad_s, grad_t = triton_fused.ldrld_rows(
-        student, teacher, target, config, need_student_grad, need_teacher_grad)
-    return (row_loss, parts,
-            grad_s if grad_s is not None else _empty_like_grad(student),
-            grad_t if grad_t is not None else _empty_like_grad(teacher))
+    return _op_outputs(student, teacher, *triton_fused.ldrld_rows(
+        student, teacher, target, config, need_student_grad, need_teacher_grad))
 
 
 @ldrld_rows.register_fake
 def _(student, teacher, target, k, temperature, alpha, beta, ce_weight, adw_scale, adw_decay,
       adw_offset, rank_by_teacher, ignore_index, need_student_grad, need_teacher_grad):
-    rows = student.shape[0]
-    row_loss = student.new_empty(rows, dtype=torch.float32)
-    parts = student.new_empty(rows, 3, dtype=torch.float32)
-    grad_s = torch.empty_like(student, memory_format=torch.contiguous_format) \
-        if need_student_grad else _empty_like_grad(student)
-    grad_t = torch.empty_like(teacher, memory_format=torch.contiguous_format) \
-        if need_teacher_grad else _empty_like_grad(teacher)
-    return row_loss, parts, grad_s, grad_t
+    return _op_outputs(student, teacher, *allocate_outputs(student, teacher, need_student_grad,
+                                                           need_teacher_grad))
 
 
 def _setup_context(ctx, inputs, output):

@@ -35,7 +35,9 @@ from ldrld_kernels.triton_common import (
     _ce_grad,
     _local_term,
     _rest_grads,
+    _store_grad,
     _store_row,
+    allocate_outputs,
     num_warps_for,
 )
 
@@ -288,13 +290,9 @@ def _merge_kernel(
     tl.store(kth_idx_ptr + row, tl.sum(tl.where(last, top_idx, 0), axis=0))
     selected = in_top & (top_idx < C)
     if STUDENT_GRAD:
-        out = grad_s_ptr + row * stride_gs_row + top_idx
-        tl.store(out, tl.where(counted, grad_top_s, 0.0).to(grad_s_ptr.dtype.element_ty),
-                 mask=selected)
+        _store_grad(grad_s_ptr + row * stride_gs_row, top_idx, grad_top_s, counted, selected)
     if TEACHER_GRAD:
-        out = grad_t_ptr + row * stride_gt_row + top_idx
-        tl.store(out, tl.where(counted, grad_top_t, 0.0).to(grad_t_ptr.dtype.element_ty),
-                 mask=selected)
+        _store_grad(grad_t_ptr + row * stride_gt_row, top_idx, grad_top_t, counted, selected)
 
 
 @triton.jit
@@ -348,13 +346,9 @@ def _chunk_grad_kernel(
         if STUDENT_GRAD:
             if HAS_TARGET:
                 grad_s += _ce_grad(s, cols, y, s_max, s_log_sum, ce_weight)
-            out = grad_s_ptr + row * stride_gs_row + cols
-            tl.store(out, tl.where(counted, grad_s, 0.0).to(grad_s_ptr.dtype.element_ty),
-                     mask=rest)
+            _store_grad(grad_s_ptr + row * stride_gs_row, cols, grad_s, counted, rest)
         if TEACHER_GRAD:
-            out = grad_t_ptr + row * stride_gt_row + cols
-            tl.store(out, tl.where(counted, grad_t, 0.0).to(grad_t_ptr.dtype.element_ty),
-                     mask=rest)
+            _store_grad(grad_t_ptr + row * stride_gt_row, cols, grad_t, counted, rest)
 
 
 @functools.cache
@@ -391,12 +385,8 @@ def ldrld_rows(
     block = block or BLOCK_C
     rows, num_classes = student.shape
     device = student.device
-    row_loss = torch.empty(rows, dtype=torch.float32, device=device)
-    parts = torch.empty(rows, 3, dtype=torch.float32, device=device)
-    grad_s = torch.empty_like(student, memory_format=torch.contiguous_format) \
-        if need_student_grad else None
-    grad_t = torch.empty_like(teacher, memory_format=torch.contiguous_format) \
-        if need_teacher_grad else None
+    row_loss, parts, grad_s, grad_t = allocate_outputs(student, teacher, need_student_grad,
+                                                       need_teacher_grad)
     if rows == 0:
         return row_loss, parts, grad_s, grad_t
 

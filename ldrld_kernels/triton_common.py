@@ -13,6 +13,7 @@ Gradients, per group G with p = softmax(v_G), q = softmax(u_G):
 
 from __future__ import annotations
 
+import torch
 import triton
 import triton.language as tl
 
@@ -97,6 +98,26 @@ def _store_row(loss_ptr, parts_ptr, row, counted, ce, local, rntk, ce_weight, al
     tl.store(parts_ptr + row * 3 + 0, tl.where(counted, ce, 0.0))
     tl.store(parts_ptr + row * 3 + 1, tl.where(counted, local, 0.0))
     tl.store(parts_ptr + row * 3 + 2, tl.where(counted, rntk, 0.0))
+
+
+@triton.jit
+def _store_grad(ptr, offsets, grad, counted, mask):
+    """A gradient in the buffer's dtype; zeros for a row that does not count."""
+    tl.store(ptr + offsets, tl.where(counted, grad, 0.0).to(ptr.dtype.element_ty), mask=mask)
+
+
+def allocate_outputs(student: torch.Tensor, teacher: torch.Tensor, need_student_grad: bool,
+                     need_teacher_grad: bool):
+    """Row losses (float32), per-row parts (float32) and contiguous gradient buffers in the
+    inputs' dtypes (None where not asked for)."""
+    rows = student.shape[0]
+    row_loss = student.new_empty(rows, dtype=torch.float32)
+    parts = student.new_empty(rows, 3, dtype=torch.float32)
+    grad_s = torch.empty_like(student, memory_format=torch.contiguous_format) \
+        if need_student_grad else None
+    grad_t = torch.empty_like(teacher, memory_format=torch.contiguous_format) \
+        if need_teacher_grad else None
+    return row_loss, parts, grad_s, grad_t
 
 
 def num_warps_for(block: int) -> int:

@@ -19,7 +19,9 @@ from ldrld_kernels.triton_common import (
     _ce_grad,
     _local_term,
     _rest_grads,
+    _store_grad,
     _store_row,
+    allocate_outputs,
     num_warps_for,
 )
 
@@ -108,15 +110,11 @@ def _ldrld_fused_kernel(
         if HAS_TARGET:
             grad_s += _ce_grad(s, cols, y, s_max, s_log_sum, ce_weight)
             grad_top_s += _ce_grad(top_s, top_idx, y, s_max, s_log_sum, ce_weight)
-        out = grad_s_ptr + row * stride_gs_row
-        out_ty = grad_s_ptr.dtype.element_ty
-        tl.store(out + cols, tl.where(counted, grad_s, 0.0).to(out_ty), mask=rest)
-        tl.store(out + top_idx, tl.where(counted, grad_top_s, 0.0).to(out_ty), mask=in_top)
+        _store_grad(grad_s_ptr + row * stride_gs_row, cols, grad_s, counted, rest)
+        _store_grad(grad_s_ptr + row * stride_gs_row, top_idx, grad_top_s, counted, in_top)
     if TEACHER_GRAD:
-        out = grad_t_ptr + row * stride_gt_row
-        out_ty = grad_t_ptr.dtype.element_ty
-        tl.store(out + cols, tl.where(counted, grad_t, 0.0).to(out_ty), mask=rest)
-        tl.store(out + top_idx, tl.where(counted, grad_top_t, 0.0).to(out_ty), mask=in_top)
+        _store_grad(grad_t_ptr + row * stride_gt_row, cols, grad_t, counted, rest)
+        _store_grad(grad_t_ptr + row * stride_gt_row, top_idx, grad_top_t, counted, in_top)
 
 
 def ldrld_rows(
@@ -136,13 +134,8 @@ def ldrld_rows(
         return triton_chunked.ldrld_rows(student, teacher, target, config, need_student_grad,
                                          need_teacher_grad)
 
-    device = student.device
-    row_loss = torch.empty(rows, dtype=torch.float32, device=device)
-    parts = torch.empty(rows, 3, dtype=torch.float32, device=device)
-    grad_s = torch.empty_like(student, memory_format=torch.contiguous_format) \
-        if need_student_grad else None
-    grad_t = torch.empty_like(teacher, memory_format=torch.contiguous_format) \
-        if need_teacher_grad else None
+    row_loss, parts, grad_s, grad_t = allocate_outputs(student, teacher, need_student_grad,
+                                                       need_teacher_grad)
     if rows == 0:
         return row_loss, parts, grad_s, grad_t
     block = triton.next_power_of_2(num_classes)

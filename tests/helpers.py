@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from ldrld_kernels.api import resolve_backend
+from ldrld_kernels.check import compare_with_reference
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -58,3 +59,13 @@ def triton_runs_here() -> bool:
 
 requires_triton = pytest.mark.skipif(
     not triton_runs_here(), reason="needs triton and a GPU or TRITON_INTERPRET=1")
+
+
+def assert_matches(backend: str, student, teacher, target=None, **kwargs) -> None:
+    """``backend`` agrees with the float64 reference on these inputs (on DEVICE), loss and both
+    gradients, under a fixed random upstream gradient."""
+    target = None if target is None else target.to(DEVICE)
+    result = compare_with_reference(student.to(DEVICE), teacher.to(DEVICE), target,
+                                     backend=backend,
+                                     generator=torch.Generator().manual_seed(7), **kwargs)
+    assert result.passed, result

@@ -7,7 +7,13 @@ import torch
 
 import ldrld_kernels as lk
 from ldrld_kernels import triton_chunked, triton_fused
-from tests.helpers import DEVICE, random_logits, random_target, requires_triton
+from tests.helpers import (
+    DEVICE,
+    assert_matches,
+    random_logits,
+    random_target,
+    requires_triton,
+)
 
 BACKENDS = ["torch", pytest.param("triton", marks=requires_triton)]
 
@@ -61,13 +67,8 @@ def test_zero_rows(backend, reduction):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("num_classes,k,rows", [(3, 2, 1), (3, 2, 4), (37, 36, 1), (65, 64, 2)])
 def test_smallest_shapes_and_k_equal_c_minus_1(backend, num_classes, k, rows):
-    from ldrld_kernels.check import compare_with_reference
-
     student, teacher = random_logits(rows, num_classes, seed=k)
-    result = compare_with_reference(student.to(DEVICE), teacher.to(DEVICE),
-                                    random_target(rows, num_classes=num_classes).to(DEVICE),
-                                    backend=backend, k=k)
-    assert result.passed, result
+    assert_matches(backend, student, teacher, random_target(rows, num_classes=num_classes), k=k)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -95,9 +96,5 @@ def test_extreme_temperatures_stay_finite(backend, temperature, width):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_huge_logits_at_temperature_1(backend):
-    from ldrld_kernels.check import compare_with_reference
-
     student, teacher = random_logits(3, 200, seed=4, scale=1e4)
-    result = compare_with_reference(student.to(DEVICE), teacher.to(DEVICE), backend=backend,
-                                    k=7, temperature=1.0)
-    assert result.passed, result
+    assert_matches(backend, student, teacher, k=7, temperature=1.0)

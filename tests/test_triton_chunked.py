@@ -12,19 +12,10 @@ import torch
 
 import ldrld_kernels as lk
 from ldrld_kernels import torch_path, triton_chunked, triton_fused
-from ldrld_kernels.check import compare_with_reference
 from ldrld_kernels.config import LossConfig
-from tests.helpers import DEVICE, random_logits, random_target, requires_triton
+from tests.helpers import DEVICE, assert_matches, random_logits, random_target, requires_triton
 
 pytestmark = requires_triton
-
-
-def assert_matches(student, teacher, target=None, **kwargs):
-    target = None if target is None else target.to(DEVICE)
-    result = compare_with_reference(student.to(DEVICE), teacher.to(DEVICE), target,
-                                    backend="triton",
-                                    generator=torch.Generator().manual_seed(7), **kwargs)
-    assert result.passed, result
 
 
 @pytest.fixture
@@ -47,7 +38,7 @@ def test_wide_rows(num_classes, k, dtype):
     rows = 2 if num_classes < 20000 else 1
     student, teacher = random_logits(rows, num_classes, dtype=dtype, seed=num_classes + k)
     target = random_target(rows, num_classes=num_classes)
-    assert_matches(student, teacher, target, k=k, reduction="none", alpha=10.5, beta=7.0)
+    assert_matches("triton", student, teacher, target, k=k, reduction="none", alpha=10.5, beta=7.0)
 
 
 @pytest.mark.parametrize("programs", [1, 3, 8])
@@ -57,7 +48,7 @@ def test_many_chunks_and_ranges(small_chunks, programs, rank_by, dtype):
     small_chunks(programs)
     student, teacher = random_logits(2, 1000, dtype=dtype, seed=programs)
     target = torch.tensor([3, -100])
-    assert_matches(student, teacher, target, k=7, rank_by=rank_by, temperature=2.0)
+    assert_matches("triton", student, teacher, target, k=7, rank_by=rank_by, temperature=2.0)
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
@@ -65,7 +56,7 @@ def test_reductions_no_target_and_k(small_chunks, reduction):
     small_chunks(4)
     student, teacher = random_logits(3, 517, seed=4)
     for k in (2, 3, 16):
-        assert_matches(student, teacher, k=k, reduction=reduction)
+        assert_matches("triton", student, teacher, k=k, reduction=reduction)
 
 
 def test_ties_straddling_chunk_and_range_boundaries(small_chunks):
@@ -76,8 +67,8 @@ def test_ties_straddling_chunk_and_range_boundaries(small_chunks):
     student = (torch.randint(-6, 4, (2, 1000), generator=generator) * 0.5).to(torch.bfloat16)
     student[:, [127, 128, 255, 256, 900]] = 4.0
     teacher = (torch.randn(2, 1000, generator=generator) * 2).to(torch.bfloat16)
-    assert_matches(student, teacher, k=16)
-    assert_matches(student, teacher, k=3)
+    assert_matches("triton", student, teacher, k=16)
+    assert_matches("triton", student, teacher, k=3)
 
 
 def test_ties_straddling_a_default_chunk_boundary():
@@ -86,14 +77,14 @@ def test_ties_straddling_a_default_chunk_boundary():
     boundary = triton_chunked.BLOCK_C
     student[0, [boundary - 2, boundary - 1, boundary, boundary + 1]] = 4.0
     teacher = (torch.randn(1, 20000, generator=generator) * 2).to(torch.bfloat16)
-    assert_matches(student, teacher, k=3)
-    assert_matches(student, teacher, k=7)
+    assert_matches("triton", student, teacher, k=3)
+    assert_matches("triton", student, teacher, k=7)
 
 
 def test_top_k_all_in_the_last_chunk():
     student, teacher = random_logits(2, 20000, seed=7)
     student[:, -9:] += 20.0
-    assert_matches(student, teacher, random_target(2, num_classes=20000), k=7)
+    assert_matches("triton", student, teacher, random_target(2, num_classes=20000), k=7)
 
 
 def test_top_k_holding_nearly_all_the_teacher_mass():
@@ -105,14 +96,14 @@ def test_top_k_holding_nearly_all_the_teacher_mass():
     teacher[:, top] += 30.0
     top_mass = torch.softmax(teacher.double(), dim=-1)[:, top].sum()
     assert top_mass > 1 - 1e-6
-    assert_matches(student, teacher, torch.tensor([9]), k=7, temperature=1.0)
+    assert_matches("triton", student, teacher, torch.tensor([9]), k=7, temperature=1.0)
 
 
 def test_ignored_rows_and_teacher_gradient(small_chunks):
     small_chunks(2)
     student, teacher = random_logits(3, 700, dtype=torch.bfloat16, seed=9)
     target = torch.tensor([-100, 4, -100])
-    assert_matches(student, teacher, target, k=7, teacher_grad=True)
+    assert_matches("triton", student, teacher, target, k=7, teacher_grad=True)
     student = student.to(DEVICE).requires_grad_()
     teacher = teacher.to(DEVICE).requires_grad_()
     lk.ldrld_loss(student, teacher, target.to(DEVICE), k=7, backend="triton").backward()
@@ -125,7 +116,7 @@ def test_neg_inf_padding_and_nan(small_chunks):
     student, teacher = random_logits(2, 600, seed=10)
     student[:, 450:] = -math.inf
     teacher[:, 450:] = -math.inf
-    assert_matches(student, teacher, k=7)
+    assert_matches("triton", student, teacher, k=7)
     student[1, 20] = math.nan
     loss = lk.ldrld_loss(student.to(DEVICE), teacher.to(DEVICE), k=7, backend="triton",
                          reduction="none")
@@ -135,7 +126,7 @@ def test_neg_inf_padding_and_nan(small_chunks):
 def test_non_contiguous(small_chunks):
     small_chunks(2)
     student, teacher = random_logits(300, 4, seed=11)
-    assert_matches(student.t(), teacher.t(), k=7)
+    assert_matches("triton", student.t(), teacher.t(), k=7)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")

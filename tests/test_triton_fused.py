@@ -9,11 +9,11 @@ import pytest
 import torch
 
 import ldrld_kernels as lk
-from ldrld_kernels.check import compare_with_reference
 from tests.helpers import (
     DEVICE,
     GOLDEN,
     GOLDEN_IDS,
+    assert_matches,
     check_golden,
     random_logits,
     random_target,
@@ -26,14 +26,6 @@ DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 CASES = [(C, k) for C in (37, 1000, 1271) for k in (2, 3, 7, 16)]
 
 
-def assert_matches(student, teacher, target=None, **kwargs):
-    target = None if target is None else target.to(DEVICE)
-    result = compare_with_reference(student.to(DEVICE), teacher.to(DEVICE), target,
-                                    backend="triton",
-                                    generator=torch.Generator().manual_seed(7), **kwargs)
-    assert result.passed, result
-
-
 def triton_loss(*args, **kwargs):
     return lk.ldrld_loss(*args, backend="triton", **kwargs)
 
@@ -44,7 +36,7 @@ def triton_loss(*args, **kwargs):
 def test_matches_reference(num_classes, k, rows, dtype):
     student, teacher = random_logits(rows, num_classes, dtype=dtype, seed=num_classes * k)
     target = random_target(rows, num_classes=num_classes)
-    assert_matches(student, teacher, target, k=k, reduction="none", alpha=10.5, beta=7.0,
+    assert_matches("triton", student, teacher, target, k=k, reduction="none", alpha=10.5, beta=7.0,
                    temperature=4.0)
 
 
@@ -53,7 +45,7 @@ def test_matches_reference(num_classes, k, rows, dtype):
 def test_reductions_rank_by_and_ignored_rows(reduction, rank_by):
     student, teacher = random_logits(3, 300, seed=21)
     target = torch.tensor([5, -100, 17])
-    assert_matches(student, teacher, target, k=7, reduction=reduction, rank_by=rank_by,
+    assert_matches("triton", student, teacher, target, k=7, reduction=reduction, rank_by=rank_by,
                    temperature=2.0, ce_weight=0.5, adw_scale=1.0, adw_decay=0.2,
                    adw_offset=0.5)
 
@@ -61,7 +53,7 @@ def test_reductions_rank_by_and_ignored_rows(reduction, rank_by):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_one_full_row_of_16384(dtype):
     student, teacher = random_logits(1, 16384, dtype=dtype, seed=3)
-    assert_matches(student, teacher, random_target(1, num_classes=16384), k=16)
+    assert_matches("triton", student, teacher, random_target(1, num_classes=16384), k=16)
 
 
 @pytest.mark.parametrize("case", GOLDEN["cases"], ids=GOLDEN_IDS)
@@ -71,28 +63,28 @@ def test_released_code_outputs(case):
 
 def test_no_target():
     student, teacher = random_logits(3, 100, seed=5)
-    assert_matches(student, teacher, k=5)
+    assert_matches("triton", student, teacher, k=5)
 
 
 def test_leading_shape():
     student, teacher = random_logits(2, 3, 37, seed=6)
     target = random_target(2, 3, num_classes=37)
     target[0, 1] = -100
-    assert_matches(student, teacher, target, k=4, reduction="none")
-    assert_matches(student, teacher, target, k=4)
+    assert_matches("triton", student, teacher, target, k=4, reduction="none")
+    assert_matches("triton", student, teacher, target, k=4)
 
 
 def test_non_contiguous_inputs():
     student, teacher = random_logits(40, 6, seed=7)
-    assert_matches(student.t(), teacher.t(), random_target(6, num_classes=40), k=7)
+    assert_matches("triton", student.t(), teacher.t(), random_target(6, num_classes=40), k=7)
     student, teacher = random_logits(3, 160, dtype=torch.bfloat16, seed=8)
-    assert_matches(student[:, ::2], teacher[:, 1::2], k=3)
+    assert_matches("triton", student[:, ::2], teacher[:, 1::2], k=3)
 
 
 def test_mixed_dtypes():
     student, _ = random_logits(3, 1000, dtype=torch.float32, seed=9)
     _, teacher = random_logits(3, 1000, dtype=torch.bfloat16, seed=10)
-    assert_matches(student, teacher, random_target(3, num_classes=1000), k=7)
+    assert_matches("triton", student, teacher, random_target(3, num_classes=1000), k=7)
 
 
 def test_all_rows_ignored():
@@ -109,8 +101,8 @@ def test_bfloat16_ties():
     generator = torch.Generator().manual_seed(11)
     student = (torch.randint(-4, 5, (3, 300), generator=generator) * 0.5).to(torch.bfloat16)
     teacher = (torch.randn(3, 300, generator=generator) * 2).to(torch.bfloat16)
-    assert_matches(student, teacher, k=16)
-    assert_matches(teacher, student, k=7, rank_by="teacher")
+    assert_matches("triton", student, teacher, k=16)
+    assert_matches("triton", teacher, student, k=7, rank_by="teacher")
 
 
 def test_neg_inf_padding():
@@ -118,7 +110,7 @@ def test_neg_inf_padding():
     student[:, 50:] = -math.inf
     teacher[:, 50:] = -math.inf
     target = random_target(3, num_classes=50)
-    assert_matches(student, teacher, target, k=7)
+    assert_matches("triton", student, teacher, target, k=7)
     student = student.to(DEVICE).requires_grad_()
     teacher = teacher.to(DEVICE).requires_grad_()
     loss = triton_loss(student, teacher, target.to(DEVICE), k=7)
