@@ -25,8 +25,9 @@ if command -v nvidia-smi >/dev/null 2>&1; then
 fi
 name="$(printf '%s' "${card:-no-gpu}" | tr -cs 'A-Za-z0-9._-' '-' | sed 's/-*$//')-$(date -u +%Y-%m-%d)"
 
-TEST_LIMIT=270
-BENCH_LIMIT=180
+# step limits: 20 + 30 + 240 + 160 s, plus at most 5 s each to kill a step: under 8 minutes
+TEST_LIMIT=240
+BENCH_LIMIT=160
 steps=(
   "environment: nvidia-smi, then the Python, PyTorch, CUDA and Triton versions and the card"
   "tests: python3 -m pytest tests, compiled on the GPU (pytest-xdist when present), at most ${TEST_LIMIT} s"
@@ -48,14 +49,14 @@ step() {
   local limit=$1
   shift
   echo "== $(date -u +%H:%M:%S) $*"
-  timeout --kill-after=10 "$limit" "$@"
+  timeout --kill-after=5 "$limit" "$@"
   local rc=$?
   echo "== exit $rc"
   [ "$rc" -eq 0 ] || failed=1
 }
 
-step 30 nvidia-smi
-step 60 python3 -c "import sys, torch, triton; print('python', sys.version.split()[0]); \
+step 20 nvidia-smi
+step 30 python3 -c "import sys, torch, triton; print('python', sys.version.split()[0]); \
 print('torch', torch.__version__, 'cuda', torch.version.cuda, 'triton', triton.__version__); \
 print('card', torch.cuda.get_device_name())"
 parallel=()

@@ -69,34 +69,66 @@ def resolve_backend(backend: str, student: torch.Tensor, teacher: torch.Tensor) 
     return backend
 
 
+def _scale_in_place(grad: torch.Tensor | None, scale: torch.Tensor, backend: str):
+    if grad is None:
+        return None
+    if backend == "triton" and scale.dim() == 0:
+        from ldrld_kernels.triton_common import scale_in_place
+
+        return scale_in_place(grad, scale)
+    return grad.mul_(scale)
+
+
 class _LDRLDFunction(torch.autograd.Function):
-    """Row losses of 2-D logits; the gradients come from the forward pass and backward
-    only scales them by the upstream gradient of each row (in place, so once)."""
+    """The reduced loss of 2-D logits. The backend computes the gradients in the forward pass,
+    already divided by the row count for "mean"; backward scales them by the upstream
+    gradient in place (so once), and on the Triton path skips even reading them when that
+    gradient is exactly 1, the usual ``loss.backward()``, without a host sync."""
 
     @staticmethod
-    def forward(ctx, student, teacher, target, config, backend):
+    def forward(ctx, student, teacher, target, config, backend, reduction, mean_scale):
         row_loss, parts, grad_s, grad_t = _BACKENDS[backend](
-            student, teacher, target, config, ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+            student, teacher, target, config, ctx.needs_input_grad[0], ctx.needs_input_grad[1],
+            mean_scale,
         )
+        loss, parts = _reduce(row_loss, parts, reduction, mean_scale)
         ctx.save_for_backward(grad_s, grad_t)
+        ctx.backend, ctx.per_row = backend, reduction == "none"
         ctx.backward_done = False
         ctx.mark_non_differentiable(parts)
-        return row_loss, parts
+        return loss, parts
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_rows, _grad_parts):
+    def backward(ctx, grad_loss, _grad_parts):
         if ctx.backward_done:
             raise RuntimeError(
                 "ldrld_loss: backward ran twice through the same graph (retain_graph=True); "
                 "its saved gradients are scaled in place, so compute the loss again instead"
             )
         ctx.backward_done = True
-        grad_s, grad_t = ctx.saved_tensors
-        scale = grad_rows[:, None]
-        grad_s = grad_s.mul_(scale) if grad_s is not None else None
-        grad_t = grad_t.mul_(scale) if grad_t is not None else None
-        return grad_s, grad_t, None, None, None
+        scale = grad_loss[:, None] if ctx.per_row else grad_loss
+        grad_s, grad_t = (_scale_in_place(grad, scale, ctx.backend) for grad in ctx.saved_tensors)
+        return grad_s, grad_t, None, None, None, None, None
+
+
+def _mean_scale(target: torch.Tensor | None, rows: int, ignore_index: int,
+                dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """1 / the number of rows that count (at least 1), as a 0-d tensor on the device: no
+    host sync, and capturable in a CUDA graph."""
+    if target is None:
+        return torch.full((), 1.0 / max(rows, 1), dtype=dtype, device=device)
+    return 1.0 / (target != ignore_index).sum().clamp_min(1).to(dtype)
+
+
+def _reduce(row_loss: torch.Tensor, parts: torch.Tensor, reduction: str,
+            mean_scale: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    if reduction == "none":
+        return row_loss, parts
+    row_loss, parts = row_loss.sum(), parts.sum(dim=0)
+    if mean_scale is None:
+        return row_loss, parts
+    return row_loss * mean_scale, parts * mean_scale
 
 
 def ldrld_loss(
@@ -160,6 +192,12 @@ def ldrld_loss(
     )
     student_2d = student_logits.reshape(-1, num_classes)
     teacher_2d = teacher_logits.reshape(-1, num_classes)
+    mean_scale = None
+    if reduction == "mean":
+        dtype = torch.float64 if torch.float64 in (student_2d.dtype, teacher_2d.dtype) \
+            else torch.float32
+        mean_scale = _mean_scale(flat_target, student_2d.shape[0], ignore_index, dtype,
+                                 student_2d.device)
     if backend == "triton" and torch.compiler.is_compiling():
         # torch.compile sees the kernels as one custom op rather than tracing their launches
         from ldrld_kernels import ops
@@ -171,22 +209,15 @@ def ldrld_loss(
             config.adw_offset, config.rank_by == "teacher", config.ignore_index,
             grad_enabled and student_2d.requires_grad, grad_enabled and teacher_2d.requires_grad,
         )
+        loss, parts = _reduce(row_loss, parts, reduction, mean_scale)
     else:
-        row_loss, parts = _LDRLDFunction.apply(student_2d, teacher_2d, flat_target, config,
-                                               backend)
-
+        loss, parts = _LDRLDFunction.apply(student_2d, teacher_2d, flat_target, config,
+                                           backend, reduction, mean_scale)
     if reduction == "none":
-        loss, reduced_parts = row_loss.reshape(lead), parts.reshape(*lead, 3)
-    else:
-        loss, reduced_parts = row_loss.sum(), parts.sum(dim=0)
-        if reduction == "mean":
-            # counted on the device: no host sync, and capturable in a CUDA graph
-            count = max(row_loss.shape[0], 1) if flat_target is None else \
-                (flat_target != ignore_index).sum().clamp_min(1)
-            loss, reduced_parts = loss / count, reduced_parts / count
+        loss, parts = loss.reshape(lead), parts.reshape(*lead, 3)
     if not return_parts:
         return loss
-    ce, local, rntk = reduced_parts.unbind(dim=-1)
+    ce, local, rntk = parts.unbind(dim=-1)
     return LDRLDOutput(loss, ce, local, rntk)
 
 

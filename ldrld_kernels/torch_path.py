@@ -52,14 +52,16 @@ def ldrld_rows(
     config: LossConfig,
     need_student_grad: bool,
     need_teacher_grad: bool,
+    grad_scale: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Per-row LDRLD of ``student`` and ``teacher`` logits, both (rows, C), any strides.
 
     Returns ``(row_loss, parts, student_grad, teacher_grad)``: the row losses (rows,), the
     unweighted ``(ce, local, rntk)`` of each row (rows, 3), and the gradients of the row loss
-    with respect to each input, in the input's dtype, or None where not asked for. Rows whose
-    target is ``ignore_index`` get zeros everywhere. Computes in float64 when either input is
-    float64, else in float32.
+    with respect to each input, times ``grad_scale`` (a 0-d tensor, e.g. 1 / rows for a mean)
+    when given, in the input's dtype, or None where not asked for. Rows whose target is
+    ``ignore_index`` get zeros everywhere. Computes in float64 when either input is float64,
+    else in float32.
     """
     dtype = torch.promote_types(torch.promote_types(student.dtype, teacher.dtype), torch.float32)
     rows, num_classes = student.shape
@@ -119,6 +121,8 @@ def ldrld_rows(
         grad.scatter_add_(1, top, local_scale * grad_top)
         if counted is not None:
             grad = torch.where(counted[:, None], grad, 0.0)
+        if grad_scale is not None:
+            grad = grad * grad_scale
         return grad.to(like.dtype)
 
     student_grad = teacher_grad = None

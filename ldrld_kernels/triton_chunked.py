@@ -33,6 +33,7 @@ import triton.language as tl
 from ldrld_kernels.config import LossConfig
 from ldrld_kernels.triton_common import (
     _ce_grad,
+    _grad_scale,
     _local_term,
     _rest_grads,
     _store_grad,
@@ -194,7 +195,7 @@ def _chunk_stats_kernel(
 def _merge_kernel(
     # pointers
     loss_ptr, parts_ptr, row_stats_ptr, kth_value_ptr, kth_idx_ptr, grad_s_ptr, grad_t_ptr,
-    cand_s_ptr, cand_t_ptr, cand_idx_ptr, stats_ptr, student_ptr, target_ptr,
+    cand_s_ptr, cand_t_ptr, cand_idx_ptr, stats_ptr, student_ptr, target_ptr, grad_scale_ptr,
     # strides
     stride_s_row, stride_s_col, stride_gs_row, stride_gt_row,
     # sizes
@@ -203,7 +204,8 @@ def _merge_kernel(
     T, alpha, beta, ce_weight, adw_scale, adw_decay, adw_offset, ignore_index,
     # flags
     HAS_TARGET: tl.constexpr, RANK_BY_TEACHER: tl.constexpr, STUDENT_GRAD: tl.constexpr,
-    TEACHER_GRAD: tl.constexpr, SPLITS_PAD: tl.constexpr, K_PAD: tl.constexpr,
+    TEACHER_GRAD: tl.constexpr, SCALE_GRAD: tl.constexpr, SPLITS_PAD: tl.constexpr,
+    K_PAD: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
     ranks = tl.arange(0, K_PAD)
@@ -289,10 +291,13 @@ def _merge_kernel(
     tl.store(kth_value_ptr + row, tl.sum(tl.where(last, top_key, 0.0), axis=0))
     tl.store(kth_idx_ptr + row, tl.sum(tl.where(last, top_idx, 0), axis=0))
     selected = in_top & (top_idx < C)
+    scale = _grad_scale(grad_scale_ptr, SCALE_GRAD)
     if STUDENT_GRAD:
-        _store_grad(grad_s_ptr + row * stride_gs_row, top_idx, grad_top_s, counted, selected)
+        _store_grad(grad_s_ptr + row * stride_gs_row, top_idx, grad_top_s * scale, counted,
+                    selected)
     if TEACHER_GRAD:
-        _store_grad(grad_t_ptr + row * stride_gt_row, top_idx, grad_top_t, counted, selected)
+        _store_grad(grad_t_ptr + row * stride_gt_row, top_idx, grad_top_t * scale, counted,
+                    selected)
 
 
 @triton.jit
@@ -300,6 +305,7 @@ def _chunk_grad_kernel(
     # pointers
     grad_s_ptr, grad_t_ptr,
     student_ptr, teacher_ptr, target_ptr, row_stats_ptr, kth_value_ptr, kth_idx_ptr,
+    grad_scale_ptr,
     # strides
     stride_s_row, stride_s_col, stride_t_row, stride_t_col, stride_gs_row, stride_gt_row,
     # sizes
@@ -308,7 +314,7 @@ def _chunk_grad_kernel(
     T, beta, ce_weight, ignore_index,
     # flags
     HAS_TARGET: tl.constexpr, RANK_BY_TEACHER: tl.constexpr, STUDENT_GRAD: tl.constexpr,
-    TEACHER_GRAD: tl.constexpr, BLOCK_C: tl.constexpr,
+    TEACHER_GRAD: tl.constexpr, SCALE_GRAD: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
     begin = tl.program_id(1) * split_size
@@ -324,6 +330,7 @@ def _chunk_grad_kernel(
     s_log_sum = tl.load(stats + 6)
     kth_value = tl.load(kth_value_ptr + row)
     kth_idx = tl.load(kth_idx_ptr + row)
+    scale = _grad_scale(grad_scale_ptr, SCALE_GRAD)
     if HAS_TARGET:
         y = tl.load(target_ptr + row)
         counted = y != ignore_index
@@ -346,9 +353,9 @@ def _chunk_grad_kernel(
         if STUDENT_GRAD:
             if HAS_TARGET:
                 grad_s += _ce_grad(s, cols, y, s_max, s_log_sum, ce_weight)
-            _store_grad(grad_s_ptr + row * stride_gs_row, cols, grad_s, counted, rest)
+            _store_grad(grad_s_ptr + row * stride_gs_row, cols, grad_s * scale, counted, rest)
         if TEACHER_GRAD:
-            _store_grad(grad_t_ptr + row * stride_gt_row, cols, grad_t, counted, rest)
+            _store_grad(grad_t_ptr + row * stride_gt_row, cols, grad_t * scale, counted, rest)
 
 
 @functools.cache
@@ -375,6 +382,7 @@ def ldrld_rows(
     config: LossConfig,
     need_student_grad: bool,
     need_teacher_grad: bool,
+    grad_scale: torch.Tensor | None = None,
     *,
     block: int | None = None,
     num_splits: int | None = None,
@@ -406,7 +414,9 @@ def ldrld_rows(
     grad_s_stride = grad_s.stride(0) if grad_s is not None else 0
     grad_t_stride = grad_t.stride(0) if grad_t is not None else 0
     flags = {"HAS_TARGET": has_target, "RANK_BY_TEACHER": config.rank_by == "teacher"}
-    grad_flags = {"STUDENT_GRAD": grad_s is not None, "TEACHER_GRAD": grad_t is not None}
+    grad_flags = {"STUDENT_GRAD": grad_s is not None, "TEACHER_GRAD": grad_t is not None,
+                  "SCALE_GRAD": grad_scale is not None}
+    grad_scale_arg = grad_scale if grad_scale is not None else row_loss
 
     _chunk_stats_kernel[(rows, splits)](
         cand_s, cand_t, cand_idx, stats,
@@ -418,7 +428,7 @@ def ldrld_rows(
     )
     _merge_kernel[(rows,)](
         row_loss, parts, row_stats, kth_value, kth_idx, grad_s_arg, grad_t_arg,
-        cand_s, cand_t, cand_idx, stats, student, target_arg,
+        cand_s, cand_t, cand_idx, stats, student, target_arg, grad_scale_arg,
         student.stride(0), student.stride(1), grad_s_stride, grad_t_stride,
         num_classes, config.k, splits,
         config.temperature, config.alpha, config.beta, config.ce_weight,
@@ -429,7 +439,7 @@ def ldrld_rows(
     if grad_s is not None or grad_t is not None:
         _chunk_grad_kernel[(rows, splits)](
             grad_s_arg, grad_t_arg,
-            student, teacher, target_arg, row_stats, kth_value, kth_idx,
+            student, teacher, target_arg, row_stats, kth_value, kth_idx, grad_scale_arg,
             student.stride(0), student.stride(1), teacher.stride(0), teacher.stride(1),
             grad_s_stride, grad_t_stride,
             num_classes, split_size,

@@ -101,9 +101,41 @@ def _store_row(loss_ptr, parts_ptr, row, counted, ce, local, rntk, ce_weight, al
 
 
 @triton.jit
+def _grad_scale(grad_scale_ptr, SCALE_GRAD: tl.constexpr):
+    """The factor every stored gradient is multiplied by (1 / rows counted for a mean)."""
+    if SCALE_GRAD:
+        return tl.load(grad_scale_ptr).to(tl.float32)
+    return 1.0
+
+
+@triton.jit
 def _store_grad(ptr, offsets, grad, counted, mask):
     """A gradient in the buffer's dtype; zeros for a row that does not count."""
     tl.store(ptr + offsets, tl.where(counted, grad, 0.0).to(ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _scale_kernel(grad_ptr, scale_ptr, n, BLOCK: tl.constexpr):
+    # Backward of a reduced loss multiplies the saved gradient by the upstream gradient; that
+    # is exactly 1 for a plain loss.backward(), and then no byte of the gradient is touched.
+    scale = tl.load(scale_ptr).to(tl.float32)
+    if scale != 1.0:
+        offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+        mask = offsets < n
+        grad = tl.load(grad_ptr + offsets, mask=mask).to(tl.float32)
+        tl.store(grad_ptr + offsets, (grad * scale).to(grad_ptr.dtype.element_ty), mask=mask)
+
+
+SCALE_BLOCK = 4096
+
+
+def scale_in_place(grad: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """``grad *= scale`` for a contiguous ``grad`` and a 0-d ``scale`` on its device, without
+    reading ``grad`` when ``scale`` is 1 and without a host sync."""
+    if grad.numel():
+        _scale_kernel[(triton.cdiv(grad.numel(), SCALE_BLOCK),)](
+            grad, scale, grad.numel(), BLOCK=SCALE_BLOCK, num_warps=8)
+    return grad
 
 
 def allocate_outputs(student: torch.Tensor, teacher: torch.Tensor, need_student_grad: bool,

@@ -17,6 +17,7 @@ import triton.language as tl
 from ldrld_kernels.config import LossConfig
 from ldrld_kernels.triton_common import (
     _ce_grad,
+    _grad_scale,
     _local_term,
     _rest_grads,
     _store_grad,
@@ -34,7 +35,7 @@ MAX_FUSED = 16384
 def _ldrld_fused_kernel(
     # pointers
     loss_ptr, parts_ptr, grad_s_ptr, grad_t_ptr,
-    student_ptr, teacher_ptr, target_ptr,
+    student_ptr, teacher_ptr, target_ptr, grad_scale_ptr,
     # strides
     stride_s_row, stride_s_col, stride_t_row, stride_t_col, stride_gs_row, stride_gt_row,
     # sizes
@@ -43,7 +44,8 @@ def _ldrld_fused_kernel(
     T, alpha, beta, ce_weight, adw_scale, adw_decay, adw_offset, ignore_index,
     # flags
     HAS_TARGET: tl.constexpr, RANK_BY_TEACHER: tl.constexpr, STUDENT_GRAD: tl.constexpr,
-    TEACHER_GRAD: tl.constexpr, BLOCK_C: tl.constexpr, K_PAD: tl.constexpr,
+    TEACHER_GRAD: tl.constexpr, SCALE_GRAD: tl.constexpr, BLOCK_C: tl.constexpr,
+    K_PAD: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK_C)
@@ -104,17 +106,20 @@ def _ldrld_fused_kernel(
     # Gradients: the remaining classes in one full-row store, the top-k classes in a second
     # store to their k addresses (the two never overlap).
     in_top = ranks < k
+    scale = _grad_scale(grad_scale_ptr, SCALE_GRAD)
     grad_s, grad_t = _rest_grads(s, t, rest, u_max, u_log_sum, v_max, v_log_sum, kl_rest, T,
                                  beta)
     if STUDENT_GRAD:
         if HAS_TARGET:
             grad_s += _ce_grad(s, cols, y, s_max, s_log_sum, ce_weight)
             grad_top_s += _ce_grad(top_s, top_idx, y, s_max, s_log_sum, ce_weight)
-        _store_grad(grad_s_ptr + row * stride_gs_row, cols, grad_s, counted, rest)
-        _store_grad(grad_s_ptr + row * stride_gs_row, top_idx, grad_top_s, counted, in_top)
+        _store_grad(grad_s_ptr + row * stride_gs_row, cols, grad_s * scale, counted, rest)
+        _store_grad(grad_s_ptr + row * stride_gs_row, top_idx, grad_top_s * scale, counted,
+                    in_top)
     if TEACHER_GRAD:
-        _store_grad(grad_t_ptr + row * stride_gt_row, cols, grad_t, counted, rest)
-        _store_grad(grad_t_ptr + row * stride_gt_row, top_idx, grad_top_t, counted, in_top)
+        _store_grad(grad_t_ptr + row * stride_gt_row, cols, grad_t * scale, counted, rest)
+        _store_grad(grad_t_ptr + row * stride_gt_row, top_idx, grad_top_t * scale, counted,
+                    in_top)
 
 
 def ldrld_rows(
@@ -124,15 +129,17 @@ def ldrld_rows(
     config: LossConfig,
     need_student_grad: bool,
     need_teacher_grad: bool,
+    grad_scale: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Same contract as ``torch_path.ldrld_rows``: row losses (float32), per-row parts and
-    the gradients of the row losses in the inputs' dtypes, from one kernel launch."""
+    the gradients of the row losses (times ``grad_scale``) in the inputs' dtypes, from one
+    kernel launch."""
     rows, num_classes = student.shape
     if num_classes > MAX_FUSED:
         from ldrld_kernels import triton_chunked
 
         return triton_chunked.ldrld_rows(student, teacher, target, config, need_student_grad,
-                                         need_teacher_grad)
+                                         need_teacher_grad, grad_scale)
 
     row_loss, parts, grad_s, grad_t = allocate_outputs(student, teacher, need_student_grad,
                                                        need_teacher_grad)
@@ -144,6 +151,7 @@ def ldrld_rows(
         grad_s if grad_s is not None else row_loss,
         grad_t if grad_t is not None else row_loss,
         student, teacher, target if target is not None else row_loss,
+        grad_scale if grad_scale is not None else row_loss,
         student.stride(0), student.stride(1), teacher.stride(0), teacher.stride(1),
         num_classes if grad_s is None else grad_s.stride(0),
         num_classes if grad_t is None else grad_t.stride(0),
@@ -152,7 +160,7 @@ def ldrld_rows(
         config.adw_scale, config.adw_decay, config.adw_offset, config.ignore_index,
         HAS_TARGET=target is not None, RANK_BY_TEACHER=config.rank_by == "teacher",
         STUDENT_GRAD=grad_s is not None, TEACHER_GRAD=grad_t is not None,
-        BLOCK_C=block, K_PAD=triton.next_power_of_2(config.k),
+        SCALE_GRAD=grad_scale is not None, BLOCK_C=block, K_PAD=triton.next_power_of_2(config.k),
         num_warps=num_warps_for(block),
     )
     return row_loss, parts, grad_s, grad_t

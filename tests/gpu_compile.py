@@ -17,7 +17,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from ldrld_kernels import triton_chunked, triton_fused
+from ldrld_kernels import triton_chunked, triton_common, triton_fused
 from ldrld_kernels.config import LossConfig
 
 TARGET = GPUTarget("cuda", 90, 32)
@@ -58,26 +58,29 @@ def main() -> int:
     for module, name in ((triton_fused, "_ldrld_fused_kernel"),
                          (triton_chunked, "_chunk_stats_kernel"),
                          (triton_chunked, "_merge_kernel"),
-                         (triton_chunked, "_chunk_grad_kernel")):
+                         (triton_chunked, "_chunk_grad_kernel"),
+                         (triton_common, "_scale_kernel")):
         setattr(module, name, Compiling(getattr(module, name), compiled))
     triton_chunked._programs_to_fill = lambda device: 528
 
-    cases = [  # (rows, C, k, dtypes, target, rank_by, grads)
-        (4, 1000, 7, (torch.bfloat16, torch.bfloat16), True, "student", (True, False)),
-        (4, 37, 2, (torch.float32, torch.bfloat16), False, "teacher", (True, True)),
-        (2, 16384, 64, (torch.float16, torch.float16), True, "student", (False, False)),
-        (2, 131072, 7, (torch.bfloat16, torch.bfloat16), True, "student", (True, False)),
-        (2, 20000, 16, (torch.float32, torch.float32), False, "teacher", (True, True)),
+    cases = [  # (rows, C, k, dtypes, target, rank_by, grads, scaled for a mean)
+        (4, 1000, 7, (torch.bfloat16, torch.bfloat16), True, "student", (True, False), True),
+        (4, 37, 2, (torch.float32, torch.bfloat16), False, "teacher", (True, True), False),
+        (2, 16384, 64, (torch.float16, torch.float16), True, "student", (False, False), False),
+        (2, 131072, 7, (torch.bfloat16, torch.bfloat16), True, "student", (True, False), True),
+        (2, 20000, 16, (torch.float32, torch.float32), False, "teacher", (True, True), False),
     ]
     failures = 0
-    for rows, classes, k, (s_dtype, t_dtype), has_target, rank_by, grads in cases:
+    for rows, classes, k, (s_dtype, t_dtype), has_target, rank_by, grads, scaled in cases:
         student = torch.empty(rows, classes, dtype=s_dtype)
         teacher = torch.empty(rows, classes, dtype=t_dtype)
         target = torch.zeros(rows, dtype=torch.long) if has_target else None
         before = len(compiled)
         try:
             triton_fused.ldrld_rows(student, teacher, target, LossConfig(k=k, rank_by=rank_by),
-                                    *grads)
+                                    *grads, torch.ones(()) if scaled else None)
+            if scaled:
+                triton_common.scale_in_place(student, torch.ones(()))
         except Exception as error:  # noqa: BLE001 (report every case, then fail)
             failures += 1
             print(f"FAIL {rows} x {classes}, k={k}: {type(error).__name__}: {error}")
