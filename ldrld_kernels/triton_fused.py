@@ -3,9 +3,11 @@
 The program loads the student and teacher rows once, selects the top-k classes, and computes
 the local term (``triton_common._local_term``: closed-form pairs, no softmax per pair), the
 remaining-class KL over the other C - k classes, the cross-entropy, and the gradients of the
-row loss (formulas in ``triton_common``), which it writes in the same pass; backward only
-scales them by the upstream gradient (``api._LDRLDFunction``). Rows wider than MAX_FUSED go
-to the chunked kernels (``triton_chunked``).
+row loss (formulas in ``triton_common``), which it writes in the same pass, already divided
+by the row count for a mean. Backward only scales them by the upstream gradient, in place,
+and skips that pass when the upstream gradient is exactly 1 (``api._LDRLDFunction``), so a
+plain ``loss.backward()`` moves just the compulsory bytes. Rows wider than MAX_FUSED go to
+the chunked kernels (``triton_chunked``).
 """
 
 from __future__ import annotations
