@@ -15,6 +15,7 @@ The gradients are computed in the forward pass, like the fused kernel does.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -24,23 +25,26 @@ from ldrld_kernels.adw import adw_weights
 from ldrld_kernels.config import LossConfig
 
 
+@functools.lru_cache(maxsize=64)
+def _pair_weights(k, adw_scale, adw_decay, adw_offset, dtype, device) -> torch.Tensor:
+    """``adw_weights``, built once per setting (no host-to-device copy per call)."""
+    return adw_weights(k, adw_scale, adw_decay, adw_offset, dtype=dtype, device=device)
+
+
 def top_k_indices(x: torch.Tensor, k: int) -> torch.Tensor:
     """The ``k`` largest entries of each row of ``x`` (rows, C), in decreasing order.
 
     Ties go to the smaller class index, exactly as ``torch.sort(x, descending=True,
     stable=True)`` orders them, but without sorting the whole row: ``torch.topk`` finds the
-    k-th largest value, the tied entries are taken from the left, and only the k chosen
-    entries are sorted.
+    k-th largest value; a second ``topk`` on distinct integer keys takes every entry above
+    it and then the tied entries from the left, each group by ascending index; a stable sort
+    of those k by value finishes the order.
     """
     num_classes = x.shape[-1]
     kth = torch.topk(x, k, dim=-1).values[:, -1:]
-    above = x > kth
-    tied = x == kth
-    wanted_ties = k - above.sum(dim=-1, keepdim=True)
-    chosen = above | (tied & (tied.cumsum(dim=-1) <= wanted_ties))
-    # Distinct keys: chosen classes by ascending index, then a stable sort by value.
-    position = torch.arange(num_classes, 0, -1, device=x.device)
-    index = torch.topk(torch.where(chosen, position, 0), k, dim=-1).indices
+    from_left = torch.arange(num_classes, 0, -1, device=x.device)
+    keys = torch.where(x > kth, from_left + num_classes, torch.where(x == kth, from_left, 0))
+    index = torch.topk(keys, k, dim=-1).indices
     by_value = torch.sort(x.gather(1, index), dim=-1, descending=True, stable=True).indices
     return index.gather(1, by_value)
 
@@ -64,7 +68,7 @@ def ldrld_rows(
     else in float32.
     """
     dtype = torch.promote_types(torch.promote_types(student.dtype, teacher.dtype), torch.float32)
-    rows, num_classes = student.shape
+    rows = student.shape[0]
     k, T = config.k, config.temperature
     device = student.device
     # Rank the logits themselves: dividing by T first could round distinct values together.
@@ -74,8 +78,8 @@ def ldrld_rows(
     u_top, v_top = u.gather(1, top), v.gather(1, top)
 
     # Dense pairs, all at once; the weights are 0 on and below the diagonal.
-    weights = adw_weights(k, config.adw_scale, config.adw_decay, config.adw_offset,
-                          dtype=dtype, device=device)
+    weights = _pair_weights(k, config.adw_scale, config.adw_decay, config.adw_offset, dtype,
+                            device)
     a = v_top[:, :, None] - v_top[:, None, :]
     b = u_top[:, :, None] - u_top[:, None, :]
     p_pair = torch.sigmoid(a)
@@ -88,11 +92,9 @@ def ldrld_rows(
     kl_top = (p_top * (log_p_top - log_q_top)).sum(dim=-1)
     local = T**2 * ((weights * kl_pair).sum(dim=(1, 2)) + kl_top) / config.num_groups
 
-    # Remaining classes: the row with the selected ones masked out.
-    selected = torch.zeros(rows, num_classes, dtype=torch.bool, device=device)
-    selected.scatter_(1, top, True)
-    log_q_rest = F.log_softmax(u.masked_fill(selected, -math.inf), dim=-1)
-    log_p_rest = F.log_softmax(v.masked_fill(selected, -math.inf), dim=-1)
+    # Remaining classes: the row with the selected ones set to -inf (u and v are our copies).
+    log_q_rest = F.log_softmax(u.scatter_(1, top, -math.inf), dim=-1)
+    log_p_rest = F.log_softmax(v.scatter_(1, top, -math.inf), dim=-1)
     p_rest = log_p_rest.exp()
     # Classes of zero teacher probability (masked, or -inf padding) contribute exactly 0.
     log_ratio_rest = torch.where(log_p_rest == -math.inf, 0.0, log_p_rest - log_q_rest)
