@@ -116,15 +116,16 @@ def ldrld_rows(
         parts = torch.where(counted[:, None], parts, 0.0)
         row_loss = torch.where(counted, row_loss, 0.0)
 
-    local_scale = config.alpha * T / config.num_groups
-    rest_scale = config.beta * T
+    # Gradient weights, with the caller's factor (1 / rows for a mean) folded in.
+    scale = 1.0 if grad_scale is None else grad_scale
+    local_scale = config.alpha * T / config.num_groups * scale
+    rest_scale = config.beta * T * scale
+    ce_scale = config.ce_weight * scale
 
     def finish(grad: torch.Tensor, grad_top: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         grad.scatter_add_(1, top, local_scale * grad_top)
         if counted is not None:
             grad = torch.where(counted[:, None], grad, 0.0)
-        if grad_scale is not None:
-            grad = grad * grad_scale
         return grad.to(like.dtype)
 
     student_grad = teacher_grad = None
@@ -133,8 +134,8 @@ def ldrld_rows(
         grad_top = pair.sum(dim=2) - pair.sum(dim=1) + log_q_top.exp() - p_top
         grad = rest_scale * (log_q_rest.exp() - p_rest)
         if counted is not None:
-            grad += config.ce_weight * log_softmax_s.exp()
-            grad.scatter_add_(1, safe_target, torch.full_like(ce[:, None], -config.ce_weight))
+            grad += ce_scale * log_softmax_s.exp_()  # softmax(s); the log is used up
+            grad.scatter_add_(1, safe_target, -ce_scale * torch.ones_like(ce[:, None]))
         student_grad = finish(grad, grad_top, student)
     if need_teacher_grad:
         pair = weights * p_pair * (log_ratio_i - kl_pair)
