@@ -34,6 +34,7 @@ from ldrld_kernels.config import LossConfig
 from ldrld_kernels.triton_common import (
     _ce_grad,
     _grad_scale,
+    _load_logits,
     _local_term,
     _rest_grads,
     _store_grad,
@@ -132,10 +133,8 @@ def _chunk_stats_kernel(
     for start in range(begin, end, BLOCK_C):
         cols = start + lanes
         in_chunk = cols < end
-        s = tl.load(student_ptr + row * stride_s_row + cols.to(tl.int64) * stride_s_col,
-                    mask=in_chunk, other=-float("inf")).to(tl.float32)
-        t = tl.load(teacher_ptr + row * stride_t_row + cols.to(tl.int64) * stride_t_col,
-                    mask=in_chunk, other=-float("inf")).to(tl.float32)
+        s, t = _load_logits(student_ptr, teacher_ptr, row, cols, in_chunk, stride_s_row,
+                            stride_s_col, stride_t_row, stride_t_col)
         key = t if RANK_BY_TEACHER else s
 
         # Chunk columns come after every candidate, so a tie never displaces one: only
@@ -340,10 +339,8 @@ def _chunk_grad_kernel(
     for start in range(begin, end, BLOCK_C):
         cols = start + lanes
         in_chunk = cols < end
-        s = tl.load(student_ptr + row * stride_s_row + cols.to(tl.int64) * stride_s_col,
-                    mask=in_chunk, other=-float("inf")).to(tl.float32)
-        t = tl.load(teacher_ptr + row * stride_t_row + cols.to(tl.int64) * stride_t_col,
-                    mask=in_chunk, other=-float("inf")).to(tl.float32)
+        s, t = _load_logits(student_ptr, teacher_ptr, row, cols, in_chunk, stride_s_row,
+                            stride_s_col, stride_t_row, stride_t_col)
         key = t if RANK_BY_TEACHER else s
         # the top-k are the classes at or above the k-th in (value desc, index asc) order
         selected = (key > kth_value) | ((key == kth_value) & (cols <= kth_idx))

@@ -24,6 +24,19 @@ def _logsigmoid(x):
 
 
 @triton.jit
+def _load_logits(student_ptr, teacher_ptr, row, cols, mask, stride_s_row, stride_s_col,
+                 stride_t_row, stride_t_col):
+    """Student and teacher logits of ``row`` at ``cols`` in float32, -inf outside ``mask``
+    (64-bit offsets: rows x C passes 2^31 at LLM sizes)."""
+    cols = cols.to(tl.int64)
+    s = tl.load(student_ptr + row * stride_s_row + cols * stride_s_col, mask=mask,
+                other=-float("inf")).to(tl.float32)
+    t = tl.load(teacher_ptr + row * stride_t_row + cols * stride_t_col, mask=mask,
+                other=-float("inf")).to(tl.float32)
+    return s, t
+
+
+@triton.jit
 def _local_term(top_s, top_t, k, T, alpha, adw_scale, adw_decay, adw_offset,
                 K_PAD: tl.constexpr):
     """The local term of one row from the logits of its top-k classes in rank order (vectors

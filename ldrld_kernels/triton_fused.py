@@ -20,6 +20,7 @@ from ldrld_kernels.config import LossConfig
 from ldrld_kernels.triton_common import (
     _ce_grad,
     _grad_scale,
+    _load_logits,
     _local_term,
     _rest_grads,
     _store_grad,
@@ -52,10 +53,8 @@ def _ldrld_fused_kernel(
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK_C)
     in_row = cols < C
-    s = tl.load(student_ptr + row * stride_s_row + cols.to(tl.int64) * stride_s_col,
-                mask=in_row, other=-float("inf")).to(tl.float32)
-    t = tl.load(teacher_ptr + row * stride_t_row + cols.to(tl.int64) * stride_t_col,
-                mask=in_row, other=-float("inf")).to(tl.float32)
+    s, t = _load_logits(student_ptr, teacher_ptr, row, cols, in_row, stride_s_row,
+                        stride_s_col, stride_t_row, stride_t_col)
 
     # Top-k: k rounds of a (max, leftmost index) reduction over the row already in
     # registers. That is the tie rule exactly (smaller index first), works for any k (tl.topk
