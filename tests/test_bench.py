@@ -1,4 +1,4 @@
-"""``ldrld bench`` and the GPU check script, on CPU."""
+"""``ldrld bench`` and the GPU check script, on CPU (also on a GPU machine)."""
 
 import csv
 import json
@@ -22,7 +22,8 @@ def test_compulsory_bytes():
 
 
 def test_quick_bench_table_and_files(tmp_path, capsys):
-    code = cli.main(["bench", "--quick", "--out", str(tmp_path), "--name", "run"])
+    code = cli.main(["bench", "--quick", "--device", "cpu", "--out", str(tmp_path), "--name",
+                     "run"])
     captured = capsys.readouterr()
     assert code == 0
     lines = captured.out.splitlines()
@@ -54,8 +55,8 @@ def test_quick_bench_table_and_files(tmp_path, capsys):
 
 
 def test_time_limit_skips_the_rest(capsys):
-    assert cli.main(["bench", "--shapes", "imagenet", "--dtypes", "float32", "--backends",
-                     "torch", "--time-limit", "0"]) == 0
+    assert cli.main(["bench", "--device", "cpu", "--shapes", "imagenet", "--dtypes", "float32",
+                     "--backends", "torch", "--time-limit", "0"]) == 0
     assert "skipped: time limit" in capsys.readouterr().out
 
 
