@@ -93,7 +93,9 @@ def validate(
     _check_choice("reduction", reduction, REDUCTIONS)
     _check_choice("backend", backend, BACKENDS)
     if isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral):
-        raise TypeError(f"ldrld_loss: ignore_index must be an int, got ignore_index={ignore_index!r}")
+        raise TypeError(
+            f"ldrld_loss: ignore_index must be an int, got ignore_index={ignore_index!r}"
+        )
     if target is None:
         return
     if not isinstance(target, torch.Tensor):

@@ -54,8 +54,9 @@ def test_bitwise_deterministic(backend, dtype, width):
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 def test_zero_rows(backend, reduction):
     student, teacher = torch.empty(0, 37), torch.empty(0, 37)
-    loss, grad_s, grad_t = loss_and_grads(backend, student, teacher, torch.empty(0, dtype=torch.long),
-                                          k=3, reduction=reduction)
+    target = torch.empty(0, dtype=torch.long)
+    loss, grad_s, grad_t = loss_and_grads(backend, student, teacher, target, k=3,
+                                          reduction=reduction)
     assert loss.shape == ((0,) if reduction == "none" else ())
     assert (loss == 0).all() and grad_s.shape == (0, 37) and grad_t.shape == (0, 37)
     leading = lk.ldrld_loss(torch.empty(2, 0, 37, device=DEVICE),
