@@ -54,6 +54,7 @@ class Compiling:
 
 
 def main() -> int:
+    print(f"compiling with Triton {triton.__version__} for {TARGET}")
     compiled = []
     for module, name in ((triton_fused, "_ldrld_fused_kernel"),
                          (triton_chunked, "_chunk_stats_kernel"),
@@ -89,6 +90,7 @@ def main() -> int:
             print(f"ok   {rows} x {classes}, k={k}, {s_dtype}/{t_dtype}: {name} "
                   f"{ {key: value for key, value in constexprs.items()} } "
                   f"shared={binary.metadata.shared}")
+    print(f"gpu_compile: {len(cases) - failures} passed, {failures} failed")
     return 1 if failures else 0
 
 

@@ -33,6 +33,7 @@ def test_kernels_compile_for_sm90():
     result = subprocess.run([sys.executable, str(SCRIPT)], capture_output=True, text=True,
                             env=env, timeout=600, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
+    assert "5 passed, 0 failed" in result.stdout
     compiled = [line for line in result.stdout.splitlines() if line.startswith("ok ")]
     assert len(compiled) == 11, result.stdout
     for kernel in ("_ldrld_fused_kernel", "_chunk_stats_kernel", "_merge_kernel",
