@@ -292,10 +292,10 @@ def _merge_kernel(
     selected = in_top & (top_idx < C)
     scale = _grad_scale(grad_scale_ptr, SCALE_GRAD)
     if STUDENT_GRAD:
-        _store_grad(grad_s_ptr + row * stride_gs_row, top_idx, grad_top_s * scale, counted,
+        _store_grad(grad_s_ptr + row * stride_gs_row, top_idx, grad_top_s, scale, counted,
                     selected)
     if TEACHER_GRAD:
-        _store_grad(grad_t_ptr + row * stride_gt_row, top_idx, grad_top_t * scale, counted,
+        _store_grad(grad_t_ptr + row * stride_gt_row, top_idx, grad_top_t, scale, counted,
                     selected)
 
 
@@ -350,9 +350,9 @@ def _chunk_grad_kernel(
         if STUDENT_GRAD:
             if HAS_TARGET:
                 grad_s += _ce_grad(s, cols, y, s_max, s_log_sum, ce_weight)
-            _store_grad(grad_s_ptr + row * stride_gs_row, cols, grad_s * scale, counted, rest)
+            _store_grad(grad_s_ptr + row * stride_gs_row, cols, grad_s, scale, counted, rest)
         if TEACHER_GRAD:
-            _store_grad(grad_t_ptr + row * stride_gt_row, cols, grad_t * scale, counted, rest)
+            _store_grad(grad_t_ptr + row * stride_gt_row, cols, grad_t, scale, counted, rest)
 
 
 @functools.cache

@@ -122,9 +122,11 @@ def _grad_scale(grad_scale_ptr, SCALE_GRAD: tl.constexpr):
 
 
 @triton.jit
-def _store_grad(ptr, offsets, grad, counted, mask):
-    """A gradient in the buffer's dtype; zeros for a row that does not count."""
-    tl.store(ptr + offsets, tl.where(counted, grad, 0.0).to(ptr.dtype.element_ty), mask=mask)
+def _store_grad(ptr, offsets, grad, scale, counted, mask):
+    """``scale`` times a gradient, in the buffer's dtype; zeros for a row that does not
+    count."""
+    tl.store(ptr + offsets, tl.where(counted, grad * scale, 0.0).to(ptr.dtype.element_ty),
+             mask=mask)
 
 
 @triton.jit

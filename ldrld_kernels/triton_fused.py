@@ -114,12 +114,12 @@ def _ldrld_fused_kernel(
         if HAS_TARGET:
             grad_s += _ce_grad(s, cols, y, s_max, s_log_sum, ce_weight)
             grad_top_s += _ce_grad(top_s, top_idx, y, s_max, s_log_sum, ce_weight)
-        _store_grad(grad_s_ptr + row * stride_gs_row, cols, grad_s * scale, counted, rest)
-        _store_grad(grad_s_ptr + row * stride_gs_row, top_idx, grad_top_s * scale, counted,
+        _store_grad(grad_s_ptr + row * stride_gs_row, cols, grad_s, scale, counted, rest)
+        _store_grad(grad_s_ptr + row * stride_gs_row, top_idx, grad_top_s, scale, counted,
                     in_top)
     if TEACHER_GRAD:
-        _store_grad(grad_t_ptr + row * stride_gt_row, cols, grad_t * scale, counted, rest)
-        _store_grad(grad_t_ptr + row * stride_gt_row, top_idx, grad_top_t * scale, counted,
+        _store_grad(grad_t_ptr + row * stride_gt_row, cols, grad_t, scale, counted, rest)
+        _store_grad(grad_t_ptr + row * stride_gt_row, top_idx, grad_top_t, scale, counted,
                     in_top)
 
 
