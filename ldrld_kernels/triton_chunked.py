@@ -163,13 +163,14 @@ def _chunk_stats_kernel(
             tl.where(rest, s / T, -float("inf")), tl.where(rest, t / T, -float("inf")))
         u_max, u_sum, v_max, v_sum, w = _merge_rest(u_max, u_sum, v_max, v_sum, w,
                                                     u_max2, u_sum2, v_max2, v_sum2, w2)
-        kept = tl.sum((old_idx[:, None] == cand_idx[None, :]).to(tl.int32), axis=1) > 0
-        displaced = (old_idx < C) & ~kept
-        u_max2, u_sum2, v_max2, v_sum2, w2 = _rest_partial(
-            tl.where(displaced, old_s / T, -float("inf")),
-            tl.where(displaced, old_t / T, -float("inf")))
-        u_max, u_sum, v_max, v_sum, w = _merge_rest(u_max, u_sum, v_max, v_sum, w,
-                                                    u_max2, u_sum2, v_max2, v_sum2, w2)
+        if rounds > 0:  # most chunks of a row change no candidate
+            kept = tl.sum((old_idx[:, None] == cand_idx[None, :]).to(tl.int32), axis=1) > 0
+            displaced = (old_idx < C) & ~kept
+            u_max2, u_sum2, v_max2, v_sum2, w2 = _rest_partial(
+                tl.where(displaced, old_s / T, -float("inf")),
+                tl.where(displaced, old_t / T, -float("inf")))
+            u_max, u_sum, v_max, v_sum, w = _merge_rest(u_max, u_sum, v_max, v_sum, w,
+                                                        u_max2, u_sum2, v_max2, v_sum2, w2)
         if HAS_TARGET:
             chunk_max = tl.max(s, axis=0)
             chunk_sum = tl.sum(
