@@ -55,8 +55,7 @@ def test_compiled_step_matches_eager(backend, num_classes):
 @pytest.mark.skipif(not hasattr(torch._dynamo.config, "trace_autograd_ops"),
                     reason="this PyTorch cannot trace backward() inside a compiled region")
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_compiled_step_with_backward_inside(backend, monkeypatch):
-    monkeypatch.setattr(torch._dynamo.config, "trace_autograd_ops", True)
+def test_compiled_step_with_backward_inside(backend):
     student, teacher, inputs, target = _models(100)
 
     def step(x, y):
@@ -68,7 +67,8 @@ def test_compiled_step_with_backward_inside(backend, monkeypatch):
     eager_grad = student.weight.grad.clone()
     student.weight.grad = None
     torch._dynamo.reset()
-    compiled = torch.compile(step, fullgraph=True)(inputs, target)
+    with torch._dynamo.config.patch(trace_autograd_ops=True):  # restores the option after
+        compiled = torch.compile(step, fullgraph=True)(inputs, target)
     torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(student.weight.grad, eager_grad, rtol=1e-5, atol=1e-6)
 
