@@ -11,6 +11,7 @@ Speedups are against the reference (released-code style, group by group) and aga
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import functools
 import gzip
@@ -28,8 +29,7 @@ from pathlib import Path
 
 import torch
 
-import reference
-from ldrld_kernels import __version__
+from ldrld_kernels import __version__, reference
 from ldrld_kernels.api import ldrld_loss, resolve_backend
 
 
@@ -165,8 +165,9 @@ def peak_memory_bytes(backend: str, shape: Shape, device: torch.device, inputs) 
     from torch.profiler import ProfilerActivity, profile
 
     try:
-        with profile(activities=[ProfilerActivity.CPU], profile_memory=True,
-                     record_shapes=True, with_stack=True) as prof:
+        with _without_profiler_log(), profile(activities=[ProfilerActivity.CPU],
+                                              profile_memory=True, record_shapes=True,
+                                              with_stack=True) as prof:
             step()
         with tempfile.TemporaryDirectory() as folder, warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
@@ -178,6 +179,32 @@ def peak_memory_bytes(backend: str, shape: Shape, device: torch.device, inputs) 
         return None  # the timeline is a deprecated profiler feature that PyTorch may drop
     totals = [sum(by_category) for by_category in sizes]
     return max(totals) - totals[0] if totals else None
+
+
+@contextlib.contextmanager
+def _without_profiler_log():
+    """Drop the ``USDT:... profiler_start`` / ``profiler_stop`` lines that some CPU builds of
+    PyTorch write to the process's stderr (file descriptor 2, below Python, so
+    ``sys.stderr`` cannot filter them) on every profiler run; anything else written there
+    meanwhile is passed on."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no real stderr (embedded interpreters): nothing to filter
+        yield
+        return
+    with tempfile.TemporaryFile(mode="w+b") as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            kept = [line for line in captured.read().decode(errors="replace").splitlines(True)
+                    if not (line.startswith("USDT:") and "profiler_st" in line)]
+            if kept:
+                sys.stderr.write("".join(kept))
 
 
 def free_memory_bytes(device: torch.device) -> int:

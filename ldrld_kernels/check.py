@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-import reference
+from ldrld_kernels import reference
 from ldrld_kernels.api import ldrld_loss
 
 
@@ -74,6 +74,7 @@ def _conditioning(student: torch.Tensor, teacher: torch.Tensor, upstream: torch.
     ce_weight = abs(loss_kwargs.get("ce_weight", 1.0))
 
     def spread(logits: torch.Tensor) -> float:
+        logits = logits.detach()
         finite = logits[logits.isfinite()].to(torch.float64)
         return float(finite.max() - finite.min()) if finite.numel() else 0.0
 

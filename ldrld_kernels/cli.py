@@ -14,6 +14,7 @@ import re
 import sys
 import warnings
 from collections.abc import Sequence
+from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
@@ -21,10 +22,13 @@ import torch
 from ldrld_kernels import bench
 from ldrld_kernels.api import resolve_backend
 from ldrld_kernels.check import compare_with_reference
+from ldrld_kernels.validation import MAX_K
 
 # (rows, C, k): small enough to finish in seconds on a laptop CPU, odd sizes on purpose.
 CHECK_SHAPES = ((4, 37, 3), (3, 1000, 7), (2, 4099, 16))
-CHECK_DTYPES = {"float64": torch.float64, "float32": torch.float32, "bfloat16": torch.bfloat16}
+CHECK_DTYPES = {"float64": torch.float64, "float32": torch.float32, "float16": torch.float16,
+                "bfloat16": torch.bfloat16}
+DEFAULT_CHECK_DTYPES = ("float64", "float32", "bfloat16")
 
 
 def available_backends(device: torch.device) -> list[str]:
@@ -40,15 +44,37 @@ def available_backends(device: torch.device) -> list[str]:
 
 
 def _parse_shape(text: str) -> tuple[int, int, int]:
+    """``ROWSxCxK`` with at least one row and a k that ``ldrld_loss`` accepts for C."""
     try:
         rows, classes, k = (int(part) for part in text.lower().split("x"))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"shape must be ROWSxCxK, e.g. 4x37x3, got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"shape must be ROWSxCxK, e.g. 4x37x3, got {text!r}") from None
+    if rows < 1 or not 2 <= k < classes or k > MAX_K:
+        raise argparse.ArgumentTypeError(
+            f"shape {text!r}: needs ROWS >= 1 and 2 <= K < C, K <= {MAX_K}")
     return rows, classes, k
 
 
+def _parse_device(text: str) -> torch.device:
+    try:
+        return torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"unknown device {text!r}") from None
+
+
+def _unavailable(device: torch.device) -> str | None:
+    """Why ``device`` cannot be used on this machine, or None."""
+    if device.type == "cpu":
+        return None
+    backend = getattr(torch, device.type, None)
+    if backend is None or not backend.is_available():
+        return f"this PyTorch ({torch.__version__}) has no usable {device.type} device"
+    return None
+
+
 def run_check(args: argparse.Namespace) -> int:
-    device = torch.device(args.device)
+    device = args.device
     backends = available_backends(device) if args.backend == "all" else [args.backend]
     generator = torch.Generator().manual_seed(args.seed)
     header = f"{'backend':8} {'dtype':9} {'rows x C, k':18} {'loss err':>10} " \
@@ -82,14 +108,9 @@ def run_check(args: argparse.Namespace) -> int:
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    device = torch.device(args.device)
+    device = args.device
     known = {shape.name: shape for shape in bench.SHAPES + bench.QUICK_SHAPES}
     if args.shapes:
-        unknown = [name for name in args.shapes if name not in known]
-        if unknown:
-            print(f"ldrld bench: unknown shape(s) {unknown}; known: {sorted(known)}",
-                  file=sys.stderr)
-            return 2
         shapes = [known[name] for name in args.shapes]
     else:
         shapes = list(bench.QUICK_SHAPES if args.quick else bench.SHAPES)
@@ -99,7 +120,10 @@ def run_bench(args: argparse.Namespace) -> int:
                              time_limit=args.time_limit)
     print(bench.format_table(report))
     if args.out:
-        name = args.name or re.sub(r"[^A-Za-z0-9._-]+", "-", f"{report.card}-{report.date}")
+        # the time of day too, so that a rerun never overwrites the results of that day
+        stamp = datetime.now(timezone.utc).strftime("%H%M%S")
+        name = args.name or re.sub(r"[^A-Za-z0-9._-]+", "-",
+                                   f"{report.card}-{report.date}-{stamp}")
         for path in bench.write_outputs(report, Path(args.out), name):
             print(f"wrote {path}")
     return 0
@@ -107,15 +131,17 @@ def run_bench(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ldrld", description=__doc__)
+    default_device = "cuda" if torch.cuda.is_available() else "cpu"
     commands = parser.add_subparsers(dest="command", required=True)
     check = commands.add_parser("check", help="compare the backends with the float64 reference")
     check.add_argument("--backend", choices=("all", "torch", "triton"), default="all")
     check.add_argument("--dtype", nargs="+", choices=tuple(CHECK_DTYPES),
-                       default=list(CHECK_DTYPES))
+                       default=list(DEFAULT_CHECK_DTYPES),
+                       help=f"default: {' '.join(DEFAULT_CHECK_DTYPES)}")
     default_shapes = " ".join(f"{rows}x{c}x{k}" for rows, c, k in CHECK_SHAPES)
     check.add_argument("--shape", nargs="+", type=_parse_shape, metavar="ROWSxCxK",
                        help=f"shapes to check (default: {default_shapes})")
-    check.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    check.add_argument("--device", type=_parse_device, default=default_device)
     check.add_argument("--seed", type=int, default=None,
                        help="seed of the random logits (default: fresh each run)")
     check.set_defaults(run=run_check)
@@ -124,7 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
                                        help="time forward + backward over a sweep of shapes")
     bench_parser.add_argument("--quick", action="store_true",
                               help="two small shapes, short timings (about 20 s on a 2-core CPU)")
-    bench_parser.add_argument("--shapes", nargs="+", metavar="NAME", help="shapes by name")
+    shape_names = list(dict.fromkeys(shape.name for shape in bench.SHAPES + bench.QUICK_SHAPES))
+    bench_parser.add_argument("--shapes", nargs="+", metavar="NAME", choices=shape_names,
+                              help=f"shapes by name: {', '.join(shape_names)}")
     bench_parser.add_argument("--dtypes", nargs="+", choices=tuple(bench.DTYPES),
                               default=list(bench.DTYPES))
     bench_parser.add_argument("--backends", nargs="+", choices=bench.BACKENDS,
@@ -132,18 +160,23 @@ def build_parser() -> argparse.ArgumentParser:
     bench_parser.add_argument("--interpret", action="store_true",
                               help="on CPU, include the Triton kernels under the interpreter")
     bench_parser.add_argument("--out", metavar="DIR", help="write NAME.json/.csv/.md/.png there")
-    bench_parser.add_argument("--name", help="file name stem (default: <card>-<date>)")
+    bench_parser.add_argument("--name",
+                              help="file name stem (default: <card>-<date>-<HHMMSS>, UTC)")
     bench_parser.add_argument("--time-limit", type=float, metavar="SECONDS",
                               help="skip the cases that would start after this many seconds")
-    bench_parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    bench_parser.add_argument("--device", type=_parse_device, default=default_device)
     bench_parser.set_defaults(run=run_bench)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    reason = _unavailable(args.device)
+    if reason is not None:
+        print(f"ldrld {args.command}: error: --device {args.device}: {reason}", file=sys.stderr)
+        return 2
     interpret = args.command == "check" or args.interpret
-    if torch.device(args.device).type == "cpu" and interpret:
+    if args.device.type == "cpu" and interpret:
         # chosen before any kernel module is imported; an explicit setting wins
         os.environ.setdefault("TRITON_INTERPRET", "1")
         # the interpreter runs kernels in numpy, which warns on the -inf - -inf that the

@@ -61,8 +61,11 @@ def test_time_limit_skips_the_rest(capsys):
 
 
 def test_unknown_shape_and_bad_arguments(capsys):
-    assert cli.main(["bench", "--shapes", "nope"]) == 2
-    assert "unknown shape" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["bench", "--shapes", "nope"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "'nope'" in err and "llm-256k-64rows" in err
     with pytest.raises(SystemExit):
         cli.main(["bench", "--backends", "cuda"])
 

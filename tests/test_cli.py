@@ -1,9 +1,13 @@
-"""``ldrld check``: the table, the exit code, the argument handling."""
+"""The ``ldrld`` command: ``check``'s table and exit code, the argument handling of both
+commands, and what a clean run of each prints."""
 
+import os
+import re
 import subprocess
 import sys
 
 import pytest
+import torch
 
 from ldrld_kernels import cli
 from ldrld_kernels.check import Comparison
@@ -38,11 +42,59 @@ def test_check_exits_1_on_failure(monkeypatch, capsys):
     assert "FAIL" in capsys.readouterr().out
 
 
-def test_bad_shape_argument(capsys):
+@pytest.mark.parametrize("shape", ["2x37", "4x10x10", "4x10x1", "0x10x3", "2x100x65"])
+def test_bad_shape_is_an_argument_error(shape, capsys):
     with pytest.raises(SystemExit) as exc:
-        cli.main(["check", "--shape", "2x37"])
+        cli.main(["check", "--shape", shape])
     assert exc.value.code == 2
-    assert "ROWSxCxK" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--shape" in err and shape in err and "Traceback" not in err
+
+
+def test_check_takes_float16(capsys):
+    assert cli.main(["check", "--backend", "torch", "--seed", "5", "--shape", "2x50x4",
+                     "--dtype", "float16"]) == 0
+    assert re.search(r"^torch +float16 .*PASS$", capsys.readouterr().out, re.MULTILINE)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device")
+@pytest.mark.parametrize("command", ["check", "bench"])
+def test_unavailable_device_is_one_line(command, capsys):
+    assert cli.main([command, "--device", "cuda"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    expected = (f"ldrld {command}: error: --device cuda: this PyTorch ({torch.__version__}) "
+                "has no usable cuda device")
+    assert captured.err.splitlines() == [expected]
+
+
+def _run_cli(*args: str) -> subprocess.CompletedProcess:
+    """``ldrld`` as a user runs it: a fresh process with the environment of the shell (no
+    TRITON_INTERPRET set beforehand)."""
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    return subprocess.run([sys.executable, "-m", "ldrld_kernels", *args], capture_output=True,
+                          text=True, timeout=300, check=False, env=env)
+
+
+def test_clean_check_prints_nothing_on_stderr():
+    result = _run_cli("check", "--seed", "1")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stderr == ""
+    assert result.stdout.rstrip().endswith("all passed")
+
+
+def test_clean_bench_prints_only_progress_on_stderr(tmp_path):
+    result = _run_cli("bench", "--quick", "--device", "cpu", "--out", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    progress = re.compile(r"^(.+: device-to-device copy [0-9.]+ GB/s"
+                          r"|\[\d+/\d+\] .+ \(\d+ x \d+\) \w+ [\w.]+: .+"
+                          r"|matplotlib is not installed .+: no plot)$")
+    unexpected = [line for line in result.stderr.splitlines() if not progress.match(line)]
+    assert unexpected == []
+    assert "[8/8]" in result.stderr
+    # the default file name carries the time of day: a rerun never overwrites a result
+    (json_file,) = tmp_path.glob("*.json")
+    assert re.fullmatch(r".+-\d{4}-\d{2}-\d{2}-\d{6}\.json", json_file.name)
 
 
 def test_module_entry_point():
