@@ -1,12 +1,16 @@
 """The LDRLD loss written out group by group: the oracle every fast path is tested against.
 
-It follows SPEC.md step by step and, like the authors' released code, computes every group
-(each of the k(k-1)/2 dense pairs, the top-k group and the remaining classes) as its own
-softmax over the full row with the classes outside the group masked out. That makes it slow
-and memory-hungry on purpose: it is also the "released-code style" baseline of the
-benchmarks. Gradients come from autograd. Run it in float64 for exact answers.
+It follows the definition step by step (the numbered comments below: ranking, dense pairs
+with their Adaptive Decay Weights, the top-k group, the remaining classes, cross-entropy)
+and, like the authors' released code, computes every group (each of the k(k-1)/2 dense
+pairs, the top-k group and the remaining classes) as its own softmax over the full row with
+the classes outside the group masked out. That makes it slow and memory-hungry on purpose:
+it is also the "released-code style" baseline of the benchmarks. Gradients come from
+autograd. Run it in float64 for exact answers.
 
-Plain PyTorch only; it checks nothing that the public API validates.
+Plain PyTorch only; it checks nothing that the public API validates. Import it as
+``from ldrld_kernels import reference``; ``reference.ldrld_loss`` takes the arguments of
+``ldrld_kernels.ldrld_loss`` except ``backend``.
 """
 
 from __future__ import annotations

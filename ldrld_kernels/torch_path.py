@@ -1,6 +1,6 @@
 """Vectorized PyTorch path: the loss and its gradients in closed form, for any device.
 
-Per row, with u = s / T and v = t / T (SPEC.md for the full statement):
+Per row, with u = s / T and v = t / T (``reference`` states it group by group):
     local = T^2 (sum_{i<j} w_ij KL_ij + KL_top) / (k(k-1)/2 + 1)   on the top-k classes
     rntk  = T^2 KL(softmax(v_R) || softmax(u_R))                   on the other C - k classes
     row   = ce_weight * CE(s, y) + alpha * local + beta * rntk

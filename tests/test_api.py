@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import ldrld_kernels as lk
-import reference
+from ldrld_kernels import reference
 from tests.helpers import random_logits, random_target
 
 

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-import reference
+from ldrld_kernels import reference
 from tests.helpers import GOLDEN, GOLDEN_IDS, check_golden, random_logits, random_target
 
 

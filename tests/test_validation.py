@@ -1,4 +1,4 @@
-"""Every bad input of SPEC.md gets a TypeError or ValueError naming the argument."""
+"""Every bad input of the public API gets a TypeError or ValueError naming the argument."""
 
 import math
 
