@@ -3,7 +3,8 @@
 ``ldrld check`` compares every backend available here with the float64 reference on fresh
 random logits and prints a PASS/FAIL table; on a machine without a GPU the Triton kernels run
 under the Triton interpreter (TRITON_INTERPRET=1). ``ldrld bench`` times forward + backward
-of the backends over a sweep of shapes (see ``ldrld_kernels.bench``).
+of the backends over a sweep of shapes (see ``ldrld_kernels.bench``). ``ldrld profile`` counts
+the sm_90 machine code of every kernel without a GPU (see ``ldrld_kernels.profile``).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from ldrld_kernels import bench
+from ldrld_kernels import bench, profile
 from ldrld_kernels.api import resolve_backend
 from ldrld_kernels.check import compare_with_reference
 from ldrld_kernels.validation import MAX_K
@@ -166,6 +167,11 @@ def build_parser() -> argparse.ArgumentParser:
                               help="skip the cases that would start after this many seconds")
     bench_parser.add_argument("--device", type=_parse_device, default=default_device)
     bench_parser.set_defaults(run=run_bench)
+
+    profile_parser = commands.add_parser(
+        "profile", help="count the sm_90 machine code of every kernel, without a GPU")
+    profile.add_arguments(profile_parser)
+    profile_parser.set_defaults(run=profile.run, device=torch.device("cpu"))
     return parser
 
 
@@ -175,7 +181,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if reason is not None:
         print(f"ldrld {args.command}: error: --device {args.device}: {reason}", file=sys.stderr)
         return 2
-    interpret = args.command == "check" or args.interpret
+    interpret = args.command == "check" or getattr(args, "interpret", False)
     if args.device.type == "cpu" and interpret:
         # chosen before any kernel module is imported; an explicit setting wins
         os.environ.setdefault("TRITON_INTERPRET", "1")

@@ -24,13 +24,14 @@ the logits. Extra memory: O(rows x splits x k).
 
 from __future__ import annotations
 
-import functools
+import math
 
 import torch
 import triton
 import triton.language as tl
 
 from ldrld_kernels.config import LossConfig
+from ldrld_kernels.hardware import INTERPRETER, hardware_of
 from ldrld_kernels.triton_common import (
     _ce_grad,
     _grad_scale,
@@ -130,7 +131,7 @@ def _chunk_stats_kernel(
     w = tl.zeros([], tl.float32)
     s_sum = tl.zeros([], tl.float32)
 
-    for start in range(begin, end, BLOCK_C):
+    for start in range(begin, end, BLOCK_C):  # trips: cdiv(C, BLOCK_C) / num_programs(1)
         cols = start + lanes
         in_chunk = cols < end
         s, t = _load_logits(student_ptr, teacher_ptr, row, cols, in_chunk, stride_s_row,
@@ -143,7 +144,7 @@ def _chunk_stats_kernel(
         rounds = tl.minimum(tl.sum(beats.to(tl.int32), axis=0), k)
         old_s, old_t, old_idx = cand_s, cand_t, cand_idx
         taken = lanes < 0
-        for _ in range(rounds):
+        for _ in range(rounds):  # trips: insertion_rounds
             best, pick = tl.max(tl.where(beats & ~taken, key, -float("inf")), axis=0,
                                 return_indices=True, return_indices_tie_break_left=True)
             # (vector-only boolean algebra: the interpreter cannot broadcast a scalar int1)
@@ -163,7 +164,8 @@ def _chunk_stats_kernel(
             tl.where(rest, s / T, -float("inf")), tl.where(rest, t / T, -float("inf")))
         u_max, u_sum, v_max, v_sum, w = _merge_rest(u_max, u_sum, v_max, v_sum, w,
                                                     u_max2, u_sum2, v_max2, v_sum2, w2)
-        if rounds > 0:  # most chunks of a row change no candidate
+        # most chunks of a row change no candidate
+        if rounds > 0:  # runs: insertion_chunks
             kept = tl.sum((old_idx[:, None] == cand_idx[None, :]).to(tl.int32), axis=1) > 0
             displaced = (old_idx < C) & ~kept
             u_max2, u_sum2, v_max2, v_sum2, w2 = _rest_partial(
@@ -225,7 +227,7 @@ def _merge_kernel(
     top_t = tl.zeros([K_PAD], dtype=tl.float32)
     top_idx = tl.zeros([K_PAD], dtype=tl.int32) + C
     top_key = tl.zeros([K_PAD], dtype=tl.float32)
-    for r in range(k):
+    for r in range(k):  # trips: k
         best = tl.max(tl.where(available, key, -float("inf")), axis=0)
         pick = tl.min(tl.where(available & (key == best), cand_idx, C), axis=0)
         here = available & (cand_idx == pick)
@@ -337,7 +339,7 @@ def _chunk_grad_kernel(
     else:
         counted = True
 
-    for start in range(begin, end, BLOCK_C):
+    for start in range(begin, end, BLOCK_C):  # trips: cdiv(C, BLOCK_C) / num_programs(1)
         cols = start + lanes
         in_chunk = cols < end
         s, t = _load_logits(student_ptr, teacher_ptr, row, cols, in_chunk, stride_s_row,
@@ -356,11 +358,11 @@ def _chunk_grad_kernel(
             _store_grad(grad_t_ptr + row * stride_gt_row, cols, grad_t, scale, counted, rest)
 
 
-@functools.cache
 def _programs_to_fill(device: torch.device) -> int:
-    if device.type != "cuda":
+    hardware = hardware_of(device)
+    if hardware is INTERPRETER:
         return 1
-    return 4 * torch.cuda.get_device_properties(device).multi_processor_count
+    return 4 * hardware.multiprocessors
 
 
 def split_layout(rows: int, num_classes: int, device: torch.device, block: int,
@@ -445,3 +447,26 @@ def ldrld_rows(
             **flags, **grad_flags, BLOCK_C=block, num_warps=num_warps_for(block),
         )
     return row_loss, parts, grad_s, grad_t
+
+
+def profile_hints(kernel_name: str, args: dict) -> dict[str, float]:
+    """For ``ldrld profile``: the data-dependent trip counts of ``_chunk_stats_kernel``,
+    simulated on random normal logits (4 rows): the mean number of candidate insertion rounds
+    per chunk and the fraction of chunks that run any."""
+    if kernel_name != "_chunk_stats_kernel":
+        return {}
+    classes, k, split_size, block = args["C"], args["k"], args["split_size"], args["BLOCK_C"]
+    generator = torch.Generator().manual_seed(0)
+    rounds = []
+    for key in torch.randn(4, classes, generator=generator):
+        for begin in range(0, classes, split_size):
+            best = torch.empty(0)
+            for start in range(begin, min(begin + split_size, classes), block):
+                chunk = key[start:min(start + block, begin + split_size, classes)]
+                worst = best.min() if best.numel() == k else -math.inf
+                rounds.append(min(int((chunk > worst).sum()), k))
+                best = torch.topk(torch.cat([best, chunk]), min(k, best.numel() + chunk.numel()))
+                best = best.values
+    mean = sum(rounds) / len(rounds)
+    return {"insertion_rounds": mean,
+            "insertion_chunks": sum(r > 0 for r in rounds) / len(rounds)}

@@ -67,7 +67,7 @@ def _ldrld_fused_kernel(
     top_s = tl.zeros([K_PAD], dtype=tl.float32)
     top_t = tl.zeros([K_PAD], dtype=tl.float32)
     taken = cols < 0
-    for r in range(k):
+    for r in range(k):  # trips: k
         _, pick = tl.max(tl.where(taken, -float("inf"), key), axis=0, return_indices=True,
                          return_indices_tie_break_left=True)
         here = cols == pick

@@ -81,14 +81,35 @@ def test_gpu_check_script_parses_and_lists_its_steps():
     result = subprocess.run(["bash", str(GPU_CHECK), "--dry-run"], capture_output=True,
                             text=True, check=False, timeout=60)
     assert result.returncode == 0, result.stderr
-    steps = [line for line in result.stdout.splitlines() if line.strip()[:2] in {"1.", "2.",
-                                                                                  "3."}]
-    assert len(steps) == 3
-    assert "pytest" in steps[1] and "bench" in steps[2]
-    assert "{log,json,csv,md,png}" in result.stdout
+    steps = [line for line in result.stdout.splitlines()
+             if line.strip()[:2] in {"1.", "2.", "3.", "4."}]
+    assert len(steps) == 4
+    assert "pytest" in steps[1] and "bench" in steps[2] and "ncu" in steps[3]
+    assert "{log,json,csv,md,png,ncu.csv}" in result.stdout
 
 
 def test_gpu_check_rejects_unknown_arguments():
     result = subprocess.run(["bash", str(GPU_CHECK), "--fast"], capture_output=True, text=True,
                             check=False, timeout=60)
     assert result.returncode == 2 and "usage" in result.stderr
+
+
+def test_calibration_reads_ncu_csv(tmp_path):
+    # ncu's details page: its own log lines, then one row per (launch, metric)
+    from benchmarks import calibrate
+
+    path = tmp_path / "ncu.csv"
+    header = ('"ID","Process ID","Process Name","Host Name","Kernel Name","Context","Stream",'
+              '"Block Size","Grid Size","Device","CC","Section Name","Metric Name",'
+              '"Metric Unit","Metric Value"')
+    rows = [f'"{launch}","1","python3","h","{name}","1","7","(256, 1, 1)","(4096, 1, 1)",'
+            f'"0","9.0","Command line profiler metrics","{metric}","inst","{value}"'
+            for launch, name, metric, value in (
+                (0, "_ldrld_fused_kernel", "smsp__inst_executed.sum", "1,234,567"),
+                (0, "_ldrld_fused_kernel", "dram__bytes_read.sum", "100"),
+                (1, "_scale_kernel", "smsp__inst_executed.sum", "42"))]
+    path.write_text("==PROF== Connected to process 1\n" + "\n".join([header, *rows]) + "\n")
+    launches = calibrate._launches(str(path))
+    assert [launch["kernel"] for launch in launches] == ["_ldrld_fused_kernel", "_scale_kernel"]
+    assert launches[0]["smsp__inst_executed.sum"] == "1234567"
+    assert launches[0]["dram__bytes_read.sum"] == "100"

@@ -1,0 +1,688 @@
+"""``ldrld profile``: the machine code an H100/H200 would run, read without a GPU.
+
+Triton compiles for sm_90 on any machine, and its wheel carries ``nvdisasm`` and
+``cuobjdump``. This module runs the project's real launchers on CPU tensors with a stand-in
+driver that reports an sm_90 device: each launch goes through Triton's own argument
+specialization (16-byte-aligned pointers, integers divisible by 16 or equal to 1), compiles,
+and is recorded instead of run. The SASS of each compiled kernel is then counted.
+
+The model. An H100/H200 SM issues at most 4 warp-instructions, 128 thread-instructions, per
+cycle; both have 132 SMs at ~1.98 GHz. Measured device-to-device copy bandwidth: ~4.3 TB/s on
+an H200 (datasheet 4.8), ~3.0 TB/s on an H100 SXM (datasheet 3.35). A training step must move,
+per logit element, one read of the student and of the teacher and one write of each gradient
+asked for: 6 bytes in bfloat16 with a student gradient, 12 in float32. At the copy bandwidth
+that leaves 128 x 132 x 1.98e9 x bytes / bandwidth thread-instructions per element: about 46
+in bfloat16 and 93 in float32 on an H200 (67 and 134 on an H100), with every issue slot
+used. The issue-bound ceiling of a call is (budget / its instructions per element) x copy
+bandwidth, capped at 100%.
+
+Counting. Executed SASS instructions per thread = straight-line code once, plus each loop
+body times its trip count for the profiled shape. Every loop in a kernel carries its trip
+count as a comment on its ``for`` line, ``# trips: EXPR``, evaluated over the launch's
+arguments (by name), ``num_programs(axis)``, ``cdiv`` and the kernel module's
+``profile_hints`` (simulated means on random normal logits where the count depends on the
+data, e.g. top-k insertion rounds); a conditional block may carry ``# runs: EXPR``, the
+probability that it runs. SASS loops are found from their backward branches and matched to
+the ``for`` line through the line information of the branch; an untagged loop is an error,
+never a silent guess. Other conditional code is counted as always executed (an upper bound).
+Instructions per logit element = executed per thread x threads x programs / (rows x C),
+summed over the launches of the call.
+
+What this is not: no cache or DRAM behaviour, no latency, no stalls, no dual issue or
+tensor cores. It bounds speed from above (a kernel cannot issue faster than this); it never
+measures speed. ``benchmarks/gpu_check.sh`` calibrates it with ``ncu`` when a GPU is lent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import importlib
+import json
+import linecache
+import math
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import warnings
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ldrld_kernels.config import LossConfig
+from ldrld_kernels.hardware import HOPPER, assume
+
+# ---------------------------------------------------------------------------------------------
+# The Hopper model
+# ---------------------------------------------------------------------------------------------
+
+SM_TARGET = 90
+MULTIPROCESSORS = 132
+CLOCK_HZ = 1.98e9
+ISSUE_PER_CYCLE = 128  # thread-instructions per SM per cycle (4 schedulers x 32 lanes)
+COPY_BANDWIDTH = {"H100": 3.0e12, "H200": 4.3e12}  # measured device-to-device copy, B/s
+# Per SM: 64K registers allocated per warp in units of 256, 64 warps, 32 CTAs, 228 KiB of
+# shared memory of which each CTA's 1 KiB is reserved by the system.
+REGISTERS_PER_SM = 65536
+REGISTER_UNIT_PER_WARP = 256
+MAX_WARPS_PER_SM = 64
+MAX_CTAS_PER_SM = 32
+SHARED_PER_SM = 228 * 1024
+SHARED_RESERVED_PER_CTA = 1024
+
+
+def instruction_budget(bytes_per_element: float, card: str) -> float:
+    """Thread-instructions per element that one SM-second affords at the card's copy speed."""
+    issue_rate = ISSUE_PER_CYCLE * MULTIPROCESSORS * CLOCK_HZ
+    return issue_rate * bytes_per_element / COPY_BANDWIDTH[card]
+
+
+def resident_ctas(registers: int, num_warps: int, shared_bytes: int) -> int:
+    """CTAs of one kernel that fit on an SM at once (the occupancy calculator's rule)."""
+    regs_per_warp = math.ceil(registers * 32 / REGISTER_UNIT_PER_WARP) * REGISTER_UNIT_PER_WARP
+    by_registers = (REGISTERS_PER_SM // max(regs_per_warp, 1)) // num_warps
+    by_warps = MAX_WARPS_PER_SM // num_warps
+    by_shared = SHARED_PER_SM // (shared_bytes + SHARED_RESERVED_PER_CTA)
+    return min(MAX_CTAS_PER_SM, by_registers, by_warps, by_shared)
+
+
+# ---------------------------------------------------------------------------------------------
+# Compiling through the real launchers, without a GPU
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Launch:
+    """One kernel launch of a call, compiled for sm_90 and not run."""
+
+    kernel: object  # the JITFunction
+    grid: tuple[int, ...]
+    args: dict  # argument name -> value, constexprs included (tensors as given)
+    compiled: object  # triton.compiler.CompiledKernel
+
+    @property
+    def name(self) -> str:
+        return self.kernel.fn.__name__
+
+    @property
+    def num_warps(self) -> int:
+        return self.compiled.metadata.num_warps
+
+
+class _CompileOnlyDriver:
+    """Stands in for the CUDA driver: an sm_90 device 0 on stream 0, and nothing else."""
+
+    def __init__(self):
+        from triton.backends.compiler import GPUTarget
+
+        self.target = GPUTarget("cuda", SM_TARGET, 32)
+
+    def get_current_target(self):
+        return self.target
+
+    def get_current_device(self):
+        return 0
+
+    def get_current_stream(self, device=None):
+        return 0
+
+    def get_active_torch_device(self):
+        return torch.device("cpu")
+
+
+@contextlib.contextmanager
+def compile_only() -> Iterator[list[Launch]]:
+    """Inside, every Triton launch compiles for sm_90 through ``JITFunction.run`` (its own
+    specialization and cache) and is appended to the yielded list instead of running;
+    the launchers see an H100/H200 (``hardware.HOPPER``)."""
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        raise RuntimeError("ldrld profile compiles the kernels: run it without "
+                           "TRITON_INTERPRET=1 (the interpreter replaces the compiler)")
+    from triton.runtime import driver
+    from triton.runtime.jit import JITFunction
+
+    launches: list[Launch] = []
+    original_run = JITFunction.run
+
+    def record(self, *args, grid, warmup, **kwargs):
+        compiled = original_run(self, *args, grid=grid, warmup=True, **kwargs)
+        bound = dict(zip(self.arg_names, args))
+        bound.update({name: value for name, value in kwargs.items() if name in self.arg_names})
+        launches.append(Launch(self, tuple(grid), bound, compiled))
+        return compiled
+
+    previous = getattr(driver, "_active", None)
+    driver.set_active(_CompileOnlyDriver())
+    JITFunction.run = record
+    try:
+        with assume(HOPPER), warnings.catch_warnings():
+            # Triton 3.9 announces a future default of its own; it is not ours to set
+            warnings.filterwarnings("ignore", message="TRITON_DEFAULT_FP_FUSION")
+            yield launches
+    finally:
+        JITFunction.run = original_run
+        driver.set_active(previous)
+
+
+# ---------------------------------------------------------------------------------------------
+# SASS
+# ---------------------------------------------------------------------------------------------
+
+_INSTRUCTION = re.compile(
+    r"^\s*/\*(?P<address>[0-9a-f]+)\*/\s+(?P<predicate>@!?U?P[0-9T]+\s+)?"
+    r"(?P<opcode>[A-Z][A-Z0-9_.]*)(?P<operands>[^;]*);")
+_SOURCE = re.compile(r'//## File "(?P<file>[^"]+)", line (?P<line>\d+)')
+_LABEL = re.compile(r"^(?P<label>\.L_x_\d+):")
+_TARGET = re.compile(r"`\((?P<label>\.L_x_\d+)\)")
+_TAG = re.compile(r"#\s*(?P<kind>trips|runs):\s*(?P<expr>.+?)\s*$")
+
+
+@dataclass
+class Instruction:
+    address: int
+    predicated: bool
+    opcode: str
+    operands: str
+    source: tuple[str, int] | None
+    target: str | None = None  # branch label
+
+    @property
+    def width_bits(self) -> int:
+        """Access width of a load or store from its opcode modifiers."""
+        parts = self.opcode.split(".")
+        for bits in ("128", "64"):
+            if bits in parts:
+                return int(bits)
+        if "U16" in parts or "S16" in parts:
+            return 16
+        if "U8" in parts or "S8" in parts:
+            return 8
+        return 32
+
+
+def _tool(name: str) -> str:
+    from triton import knobs
+
+    return getattr(knobs.nvidia, name).path
+
+
+def disassemble(cubin: bytes) -> tuple[list[Instruction], dict[str, int]]:
+    """The kernel's instructions with their source lines, and its branch labels."""
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as handle:
+        handle.write(cubin)
+        handle.flush()
+        text = subprocess.run([_tool("nvdisasm"), "-c", "-g", handle.name],
+                              capture_output=True, text=True, check=True).stdout
+    instructions: list[Instruction] = []
+    labels: dict[str, int] = {}
+    source = None
+    for line in text.splitlines():
+        if match := _SOURCE.search(line):
+            source = (match["file"], int(match["line"]))
+        elif match := _LABEL.match(line.strip()):
+            labels[match["label"]] = len(instructions)
+        elif match := _INSTRUCTION.match(line):
+            target = _TARGET.search(match["operands"])
+            instructions.append(Instruction(
+                int(match["address"], 16), match["predicate"] is not None, match["opcode"],
+                match["operands"].strip(), source, target["label"] if target else None))
+    return instructions, labels
+
+
+def resource_usage(cubin: bytes) -> dict[str, int]:
+    """REG, STACK, SHARED, LOCAL of the kernel as ``cuobjdump --dump-resource-usage``
+    reports them."""
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as handle:
+        handle.write(cubin)
+        handle.flush()
+        text = subprocess.run([_tool("cuobjdump"), "--dump-resource-usage", handle.name],
+                              capture_output=True, text=True, check=True).stdout
+    function = text[text.index("Function"):] if "Function" in text else text
+    return {key: int(value) for key, value in re.findall(r"\b(REG|STACK|SHARED|LOCAL):(\d+)",
+                                                         function)}
+
+
+def _source_line(source: tuple[str, int]) -> str:
+    """The text of a kernel source line. A cached kernel may name the path of another copy of
+    the same source (Triton's cache is keyed by the source, not its path): fall back to the
+    module of the same name in this package."""
+    path, line = source
+    if not os.path.exists(path):
+        path = str(Path(__file__).with_name(Path(path).name))
+    return linecache.getline(path, line)
+
+
+def _successors(index: int, instructions: list[Instruction], labels: dict[str, int]):
+    instruction = instructions[index]
+    op = instruction.opcode.split(".")[0]
+    if op in ("BRX", "JMX", "JMP"):
+        raise NotImplementedError(f"indirect branch {instruction.opcode} at "
+                                  f"{instruction.address:#x}")
+    following = [index + 1] if index + 1 < len(instructions) else []
+    if op == "BRA":
+        return [labels[instruction.target]] + (following if instruction.predicated else [])
+    if op in ("EXIT", "RET", "KILL"):
+        return following if instruction.predicated else []
+    return following
+
+
+@dataclass
+class Region:
+    """A loop or a conditional block: instructions ``first..last`` run ``factor`` times per
+    arrival (trips of a loop, probability of a block)."""
+
+    kind: str
+    first: int
+    last: int
+    source: tuple[str, int] | None
+    factor: float
+
+
+def execution_counts(instructions: list[Instruction], labels: dict[str, int],
+                     evaluate) -> tuple[list[float], list[Region]]:
+    """How often each instruction runs per thread. ``evaluate(kind, expr, source)`` turns a
+    ``# trips:`` or ``# runs:`` tag into a number."""
+    reachable, stack = set(), [0]
+    while stack:
+        index = stack.pop()
+        if index in reachable:
+            continue
+        reachable.add(index)
+        stack.extend(_successors(index, instructions, labels))
+
+    regions: dict[int, Region] = {}
+    for index in sorted(reachable):
+        instruction = instructions[index]
+        if instruction.opcode.split(".")[0] != "BRA":
+            continue
+        target = labels[instruction.target]
+        if target <= index and target != index:  # a backward branch closes a loop
+            tag = _tag(instruction.source)
+            if tag is None or tag[0] != "trips":
+                raise ValueError(
+                    f"loop at SASS {instructions[target].address:#x}-{instruction.address:#x} "
+                    f"(source {_where(instruction.source)}) has no '# trips:' tag on its line")
+            loop = regions.get(target)
+            if loop is None or loop.last < index:
+                regions[target] = Region("loop", target, index, instruction.source,
+                                         evaluate("trips", tag[1], instruction.source))
+    _split_unrolled(list(regions.values()), instructions)
+    for index in sorted(reachable):
+        instruction = instructions[index]
+        op = instruction.opcode.split(".")[0]
+        if not instruction.predicated or op not in ("BRA", "EXIT"):
+            continue
+        tag = _tag(instruction.source)
+        if tag is None or tag[0] != "runs":
+            continue
+        last = labels[instruction.target] - 1 if op == "BRA" else len(instructions) - 1
+        if last > index:
+            regions.setdefault(index + 1, Region(
+                "block", index + 1, last, instruction.source,
+                evaluate("runs", tag[1], instruction.source)))
+
+    counts = [0.0] * len(instructions)
+    for index in reachable:
+        count = 1.0
+        for region in regions.values():
+            if region.first <= index <= region.last:
+                count *= region.factor
+        counts[index] = count
+    return counts, sorted(regions.values(), key=lambda region: region.first)
+
+
+# Opcode families of loop control (counter, compare, branch): not part of the unrolled work.
+_LOOP_CONTROL = {"BRA", "ISETP", "UISETP", "VIADD", "IADD3", "UIADD3", "IMAD", "PLOP3", "MOV",
+                 "NOP"}
+
+
+def _split_unrolled(loops: list[Region], instructions: list[Instruction]) -> None:
+    """The compiler may unroll a loop with a run-time trip count: a main loop doing u
+    iterations per pass and a remainder loop doing one. Both close on the ``for`` line, so
+    group the loops by that line; u is the median ratio, opcode by opcode, of the two
+    bodies' work outside the loop control. The main loop then runs trips / u times, the
+    remainder ``trips mod u`` times ((u - 1) / 2 for a fractional mean trip count)."""
+    groups: dict[tuple[str, int] | None, list[Region]] = {}
+    for loop in loops:
+        groups.setdefault(loop.source, []).append(loop)
+    for group in groups.values():
+        if len(group) < 2:
+            continue
+        work = {}
+        for loop in group:
+            families = Counter(i.opcode.split(".")[0]
+                               for i in instructions[loop.first:loop.last + 1])
+            work[id(loop)] = {op: n for op, n in families.items() if op not in _LOOP_CONTROL}
+        base = min(group, key=lambda loop: sum(work[id(loop)].values()))
+        unroll = {}
+        for loop in group:
+            ratios = [work[id(loop)].get(op, 0) / n for op, n in work[id(base)].items()]
+            unroll[id(loop)] = max(1, round(statistics.median(ratios))) if ratios else 1
+        trips = group[0].factor
+        widest = max(unroll.values())
+        remainder = trips % widest if trips == int(trips) else (widest - 1) / 2
+        for loop in group:
+            u = unroll[id(loop)]
+            loop.factor = remainder if u == 1 else trips / u
+            loop.kind = "remainder loop" if u == 1 else f"loop unrolled x{u}"
+
+
+def _tag(source: tuple[str, int] | None) -> tuple[str, str] | None:
+    if source is None:
+        return None
+    match = _TAG.search(_source_line(source))
+    return (match["kind"], match["expr"]) if match else None
+
+
+def _where(source: tuple[str, int] | None) -> str:
+    return "unknown" if source is None else f"{Path(source[0]).name}:{source[1]}"
+
+
+# ---------------------------------------------------------------------------------------------
+# One kernel, one call
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class KernelProfile:
+    name: str
+    grid: list[int]
+    num_warps: int
+    registers: int
+    spill_store_bytes: int
+    spill_load_bytes: int
+    stack_bytes: int
+    shared_bytes: int
+    resident_ctas: int
+    resident_warps: int
+    instructions_per_element: float
+    barriers_per_row: float
+    mufu_per_element: float
+    load_bits: list[int]  # widths of the global loads in the code
+    store_bits: list[int]
+    load_128_fraction: float  # of the executed global-load bytes
+    store_128_fraction: float
+    loops: list[str] = field(default_factory=list)  # "file:line x trips"
+
+
+def _namespace(launch: Launch) -> dict:
+    values = {name: value for name, value in launch.args.items()
+              if not isinstance(value, torch.Tensor)}
+    values.update(cdiv=lambda a, b: -(-a // b),
+                  num_programs=lambda axis: launch.grid[axis] if axis < len(launch.grid) else 1)
+    module = importlib.import_module(launch.kernel.fn.__module__)
+    hints = getattr(module, "profile_hints", None)
+    if hints is not None:
+        values.update(hints(launch.name, dict(values)))
+    return values
+
+
+def profile_launch(launch: Launch, rows: int, classes: int) -> KernelProfile:
+    """Resources and executed-instruction counts of one launch, per element of a call on
+    ``rows`` x ``classes`` logits."""
+    cubin = launch.compiled.asm["cubin"]
+    instructions, labels = disassemble(cubin)
+    namespace = _namespace(launch)
+
+    def evaluate(kind: str, expr: str, source) -> float:
+        try:
+            return float(eval(expr, {"__builtins__": {"min": min, "max": max}}, namespace))
+        except Exception as error:  # name the tag that failed
+            raise ValueError(f"cannot evaluate '# {kind}: {expr}' at {_where(source)} for "
+                             f"{launch.name}: {error}") from error
+
+    counts, regions = execution_counts(instructions, labels, evaluate)
+    usage = resource_usage(cubin)
+    threads = launch.num_warps * 32
+    programs = math.prod(launch.grid)
+    elements = rows * classes
+    scale = threads * programs / elements
+
+    def executed(predicate) -> float:
+        return sum(count for instruction, count in zip(instructions, counts)
+                   if predicate(instruction))
+
+    def global_bytes(op: str, wide_only: bool) -> float:
+        return sum(count * instruction.width_bits / 8
+                   for instruction, count in zip(instructions, counts)
+                   if instruction.opcode.startswith(op + ".")
+                   and (not wide_only or instruction.width_bits == 128))
+
+    def fraction(op: str) -> float:
+        total = global_bytes(op, False)
+        return global_bytes(op, True) / total if total else 1.0
+
+    def static_bytes(op: str) -> int:
+        return sum(instruction.width_bits // 8 for instruction in instructions
+                   if instruction.opcode.startswith(op))
+
+    shared = max(launch.compiled.metadata.shared, usage.get("SHARED", 0))
+    ctas = resident_ctas(usage.get("REG", 0), launch.num_warps, shared)
+    return KernelProfile(
+        name=launch.name, grid=list(launch.grid), num_warps=launch.num_warps,
+        registers=usage.get("REG", 0), spill_store_bytes=static_bytes("STL"),
+        spill_load_bytes=static_bytes("LDL"), stack_bytes=usage.get("STACK", 0),
+        shared_bytes=shared, resident_ctas=ctas, resident_warps=ctas * launch.num_warps,
+        instructions_per_element=executed(lambda _: True) * scale,
+        barriers_per_row=executed(lambda i: i.opcode.startswith("BAR")) * programs / rows,
+        mufu_per_element=executed(lambda i: i.opcode.startswith("MUFU")) * scale,
+        load_bits=sorted({i.width_bits for i in instructions if i.opcode.startswith("LDG")}),
+        store_bits=sorted({i.width_bits for i in instructions if i.opcode.startswith("STG")}),
+        load_128_fraction=fraction("LDG"), store_128_fraction=fraction("STG"),
+        loops=[f"{region.kind} {_where(region.source)} x {region.factor:g}"
+               for region in regions],
+    )
+
+
+@dataclass
+class CallProfile:
+    rows: int
+    classes: int
+    dtype: str
+    k: int
+    target: bool
+    teacher_grad: bool
+    bytes_per_element: int
+    kernels: list[KernelProfile]
+    instructions_per_element: float = 0.0
+    ceiling_h100: float = 0.0  # % of copy bandwidth the issue rate allows
+    ceiling_h200: float = 0.0
+
+    def __post_init__(self):
+        self.instructions_per_element = sum(k.instructions_per_element for k in self.kernels)
+        for card in COPY_BANDWIDTH:
+            budget = instruction_budget(self.bytes_per_element, card)
+            ceiling = min(100.0, 100.0 * budget / max(self.instructions_per_element, 1e-9))
+            setattr(self, f"ceiling_{card.lower()}", ceiling)
+
+
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+def compile_call(student: torch.Tensor, teacher: torch.Tensor, target: torch.Tensor | None,
+                 config: LossConfig, student_grad: bool = True,
+                 teacher_grad: bool = False) -> list[Launch]:
+    """Compile, for sm_90, every kernel that ``ldrld_loss(..., backend="triton")`` launches on
+    these (CPU) tensors: the forward pass with a mean's gradient scale, then the backward of
+    ``loss.backward()``."""
+    from ldrld_kernels import triton_common, triton_fused
+
+    with compile_only() as launches:
+        _, _, grad_s, grad_t = triton_fused.ldrld_rows(
+            student, teacher, target, config, student_grad, teacher_grad, torch.ones(()))
+        for grad in (grad_s, grad_t):
+            if grad is not None:
+                triton_common.scale_in_place(grad, torch.ones(()))
+    return launches
+
+
+def profile_call(rows: int, classes: int, dtype: str = "bfloat16", k: int = 7,
+                 target: bool = True, teacher_grad: bool = False) -> CallProfile:
+    """Compile and count every kernel of one training-step call on ``rows`` x ``classes``
+    logits of ``dtype`` (the student's gradient, and the teacher's with ``teacher_grad``)."""
+    torch_dtype = DTYPES[dtype]
+    student = torch.empty(rows, classes, dtype=torch_dtype)
+    teacher = torch.empty(rows, classes, dtype=torch_dtype)
+    labels = torch.zeros(rows, dtype=torch.long) if target else None
+    launches = compile_call(student, teacher, labels, LossConfig(k=k), True, teacher_grad)
+    moved = torch_dtype.itemsize * (3 + teacher_grad)  # read both, write the gradient(s)
+    return CallProfile(rows, classes, dtype, k, target, teacher_grad, moved,
+                       [profile_launch(launch, rows, classes) for launch in launches])
+
+
+# ---------------------------------------------------------------------------------------------
+# Budgets: the one table that `ldrld profile --check` holds the kernels to
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Limits for one (classes, dtype) call with k = 7, a target and a student gradient."""
+
+    instructions_per_element: float
+    spill_bytes: int = 0
+    min_resident_warps: int = 16
+    max_launches: int = 1
+
+
+def _guard(instructions: float, spill_bytes: int = 0, warps: int = 16,
+           launches: int = 1) -> Budget:
+    return Budget(instructions, spill_bytes, warps, launches)
+
+
+# (classes, dtype) -> limits, held with Triton 3.9 and 3.6 alike. For now regression guards:
+# the larger count of the two Triton versions plus 5%, the spills and occupancy measured on
+# 2026-11-28, until the kernel issues set the bars.
+BUDGETS: dict[tuple[int, str], Budget] = {
+    (1000, "bfloat16"): _guard(406), (1000, "float32"): _guard(402),
+    (4096, "bfloat16"): _guard(362, warps=8), (4096, "float32"): _guard(356, warps=8),
+    (8192, "bfloat16"): _guard(325, warps=8), (8192, "float32"): _guard(321, warps=8),
+    (16384, "bfloat16"): _guard(368, spill_bytes=532),
+    (16384, "float32"): _guard(364, spill_bytes=552),
+    (32000, "bfloat16"): _guard(246, launches=3), (32000, "float32"): _guard(238, launches=3),
+    (131072, "bfloat16"): _guard(178, launches=3), (131072, "float32"): _guard(172, launches=3),
+}
+
+
+def check_budgets(profiles: Sequence[CallProfile]) -> list[str]:
+    """One line per broken budget (profiles of calls without a budget are not held)."""
+    broken = []
+    for call in profiles:
+        budget = BUDGETS.get((call.classes, call.dtype))
+        if budget is None or call.k != 7 or not call.target or call.teacher_grad:
+            continue
+        where = f"C={call.classes} {call.dtype}"
+        if call.instructions_per_element > budget.instructions_per_element:
+            broken.append(f"{where}: {call.instructions_per_element:.1f} instructions per "
+                          f"element > {budget.instructions_per_element:g}")
+        # the backward scale kernel touches nothing in a plain loss.backward(): not a launch
+        # of the step's data path
+        launches = [k for k in call.kernels if k.name != "_scale_kernel"]
+        if budget.max_launches is not None and len(launches) > budget.max_launches:
+            broken.append(f"{where}: {len(launches)} launches > {budget.max_launches}")
+        for kernel in call.kernels:
+            spills = kernel.spill_store_bytes + kernel.spill_load_bytes
+            if budget.spill_bytes is not None and spills > budget.spill_bytes:
+                broken.append(f"{where}: {kernel.name} spills {spills} bytes")
+            if kernel in launches and kernel.resident_warps < budget.min_resident_warps:
+                broken.append(f"{where}: {kernel.name} keeps {kernel.resident_warps} warps "
+                              f"per SM resident < {budget.min_resident_warps}")
+    return broken
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+# ---------------------------------------------------------------------------------------------
+
+COLUMNS = ("C", "dtype", "kernel", "grid", "warps", "regs", "spill B", "smem B", "CTAs/SM",
+           "warps/SM", "bar/row", "MUFU/el", "ld bits", "st bits", "instr/el", "H100 %",
+           "H200 %")
+
+
+def table_rows(profiles: Sequence[CallProfile]) -> list[list[str]]:
+    rows = []
+    for call in profiles:
+        for kernel in call.kernels:
+            rows.append([
+                str(call.classes), call.dtype, kernel.name.strip("_"),
+                "x".join(map(str, kernel.grid)), str(kernel.num_warps), str(kernel.registers),
+                str(kernel.spill_store_bytes + kernel.spill_load_bytes),
+                str(kernel.shared_bytes), str(kernel.resident_ctas),
+                str(kernel.resident_warps), f"{kernel.barriers_per_row:.1f}",
+                f"{kernel.mufu_per_element:.2f}",
+                "/".join(map(str, kernel.load_bits)) or "-",
+                "/".join(map(str, kernel.store_bits)) or "-",
+                f"{kernel.instructions_per_element:.1f}", "", ""])
+        rows.append([str(call.classes), call.dtype, "= call", "", "", "", "", "", "", "", "",
+                     "", "", "", f"{call.instructions_per_element:.1f}",
+                     f"{call.ceiling_h100:.0f}", f"{call.ceiling_h200:.0f}"])
+    return rows
+
+
+def format_table(profiles: Sequence[CallProfile]) -> str:
+    rows = [list(COLUMNS)] + table_rows(profiles)
+    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
+    lines = ["  ".join(cell.rjust(width) if i not in (1, 2) else cell.ljust(width)
+                       for i, (cell, width) in enumerate(zip(row, widths))) for row in rows]
+    lines.insert(1, "-" * len(lines[0]))
+    return "\n".join(lines)
+
+
+def format_markdown(profiles: Sequence[CallProfile]) -> str:
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(row) + " |" for row in table_rows(profiles)]
+    return "\n".join(lines) + "\n"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--classes", nargs="+", type=int, metavar="C",
+                        default=[1000, 4096, 8192, 16384, 32000, 131072])
+    parser.add_argument("--rows", type=int, default=4096)
+    parser.add_argument("--dtype", nargs="+", choices=tuple(DTYPES),
+                        default=["bfloat16", "float32"])
+    parser.add_argument("--k", type=int, default=7)
+    parser.add_argument("--no-target", action="store_true", help="no cross-entropy term")
+    parser.add_argument("--teacher-grad", action="store_true",
+                        help="the teacher's gradient too (online distillation)")
+    parser.add_argument("--json", metavar="PATH", help="write the profiles as JSON there")
+    parser.add_argument("--markdown", action="store_true", help="print a Markdown table")
+    parser.add_argument("--check", action="store_true",
+                        help="exit 1 when a budget of profile.BUDGETS is broken")
+
+
+def run(args: argparse.Namespace) -> int:
+    import triton
+
+    print(f"ldrld profile: Triton {triton.__version__}, sm_{SM_TARGET}, {args.rows} rows, "
+          f"k={args.k}, {'no target' if args.no_target else 'with target'}, "
+          f"{'student and teacher' if args.teacher_grad else 'student'} gradient",
+          flush=True)
+    profiles = [profile_call(args.rows, classes, dtype, args.k, not args.no_target,
+                             args.teacher_grad)
+                for classes in args.classes for dtype in args.dtype]
+    print(format_markdown(profiles) if args.markdown else format_table(profiles))
+    if args.json:
+        Path(args.json).write_text(json.dumps([dataclasses.asdict(p) for p in profiles],
+                                              indent=2))
+        print(f"wrote {args.json}")
+    if args.check:
+        broken = check_budgets(profiles)
+        for line in broken:
+            print(f"BUDGET BROKEN {line}")
+        print(f"budgets: {len(broken)} broken" if broken else "budgets: all held")
+        return 1 if broken else 0
+    return 0
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(prog="python -m ldrld_kernels.profile",
+                                     description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    sys.exit(run(parser.parse_args()))

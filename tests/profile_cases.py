@@ -1,0 +1,112 @@
+"""Compiles kernels for sm_90 through ``ldrld_kernels.profile`` and prints what it measured,
+as JSON. ``tests/test_profile.py`` runs this in a process of its own: the test session runs
+the Triton interpreter, which replaces the compiler.
+
+Two sets: small kernels whose machine code is known in advance (the instrument's own tests),
+and the LDRLD kernels over the variants the launchers choose between (dtypes, k, target,
+rank_by, gradients), which must all compile with the Triton installed.
+"""
+
+import dataclasses
+import json
+import sys
+
+import torch
+import triton
+import triton.language as tl
+
+from ldrld_kernels import profile
+from ldrld_kernels.config import LossConfig
+
+
+@triton.jit
+def _copy_kernel(dst_ptr, src_ptr, n, BLOCK: tl.constexpr):
+    offsets = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offsets < n
+    tl.store(dst_ptr + offsets, tl.load(src_ptr + offsets, mask=mask), mask=mask)
+
+
+@triton.jit
+def _loop_kernel(out_ptr, x_ptr, n, BLOCK: tl.constexpr):
+    offsets = tl.arange(0, BLOCK)
+    acc = tl.load(x_ptr + offsets)
+    for _ in range(n):  # trips: n
+        acc = acc * acc + 1.0
+    tl.store(out_ptr + offsets, acc)
+
+
+@triton.jit
+def _untagged_loop_kernel(out_ptr, x_ptr, n, BLOCK: tl.constexpr):
+    offsets = tl.arange(0, BLOCK)
+    acc = tl.load(x_ptr + offsets)
+    for _ in range(n):
+        acc = acc * acc + 1.0
+    tl.store(out_ptr + offsets, acc)
+
+
+@triton.jit
+def _spill_kernel(out_ptr, x_ptr, BLOCK: tl.constexpr):
+    # three vectors of BLOCK alive at once in one warp: 3 x 512 values per thread
+    offsets = tl.arange(0, BLOCK)
+    x = tl.load(x_ptr + offsets)
+    y = tl.exp(x)
+    z = tl.load(x_ptr + BLOCK + offsets)
+    tl.store(out_ptr + offsets, x * z / tl.sum(y, axis=0) + y)
+
+
+def _one(kernel, grid, *args, **kwargs) -> profile.Launch:
+    with profile.compile_only() as launches:
+        kernel[grid](*args, **kwargs)
+    (launch,) = launches
+    return launch
+
+
+def instrument_cases() -> dict:
+    rows, classes = 64, 4096
+    src = torch.empty(rows * classes)
+    dst = torch.empty_like(src)
+    out = {}
+    launch = _one(_copy_kernel, (rows * classes // 1024,), dst, src, rows * classes, BLOCK=1024,
+                  num_warps=4)
+    out["copy"] = dataclasses.asdict(profile.profile_launch(launch, rows, classes))
+    for trips in (10, 50, 100):
+        launch = _one(_loop_kernel, (1,), dst, src, trips, BLOCK=128, num_warps=4)
+        out[f"loop{trips}"] = dataclasses.asdict(profile.profile_launch(launch, 1, 128))
+    launch = _one(_untagged_loop_kernel, (1,), dst, src, 10, BLOCK=128, num_warps=4)
+    try:
+        profile.profile_launch(launch, 1, 128)
+        out["untagged"] = "no error"
+    except ValueError as error:
+        out["untagged"] = str(error)
+    launch = _one(_spill_kernel, (1,), dst, src, BLOCK=16384, num_warps=1)
+    out["spill"] = dataclasses.asdict(profile.profile_launch(launch, 1, 16384))
+    return out
+
+
+# (rows, C, k, dtypes, target, rank_by, gradients): every branch of the launchers
+LDRLD_CASES = [
+    (4, 1000, 7, (torch.bfloat16, torch.bfloat16), True, "student", (True, False)),
+    (4, 37, 2, (torch.float32, torch.bfloat16), False, "teacher", (True, True)),
+    (2, 16384, 64, (torch.float16, torch.float16), True, "student", (False, False)),
+    (2, 131072, 7, (torch.bfloat16, torch.bfloat16), True, "student", (True, False)),
+    (2, 20000, 16, (torch.float32, torch.float32), False, "teacher", (True, True)),
+]
+
+
+def ldrld_cases() -> list:
+    results = []
+    for rows, classes, k, (s_dtype, t_dtype), has_target, rank_by, grads in LDRLD_CASES:
+        student = torch.empty(rows, classes, dtype=s_dtype)
+        teacher = torch.empty(rows, classes, dtype=t_dtype)
+        target = torch.zeros(rows, dtype=torch.long) if has_target else None
+        launches = profile.compile_call(student, teacher, target,
+                                        LossConfig(k=k, rank_by=rank_by), *grads)
+        results.append({"case": f"{rows}x{classes} k={k} {s_dtype}/{t_dtype} {rank_by}",
+                        "kernels": [profile.profile_launch(launch, rows, classes).name
+                                    for launch in launches]})
+    return results
+
+
+if __name__ == "__main__":
+    json.dump({"triton": triton.__version__, "instrument": instrument_cases(),
+               "ldrld": ldrld_cases()}, sys.stdout)

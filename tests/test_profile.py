@@ -1,0 +1,155 @@
+"""``ldrld profile``: the instrument's own tests (kernels of known machine code), the compile
+of every LDRLD kernel variant for sm_90, the budget check and the command line.
+
+Compiling needs Triton's compiler, which the interpreter of this test session replaces, so
+the compiling tests run ``tests/profile_cases.py`` and ``ldrld profile`` in processes of
+their own.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ldrld_kernels import profile
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _compiler_available() -> bool:
+    try:
+        from triton.backends.compiler import GPUTarget  # noqa: F401
+        from triton.backends.nvidia.compiler import CUDABackend  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+requires_compiler = pytest.mark.skipif(not _compiler_available(),
+                                       reason="needs Triton's CUDA backend")
+
+
+def _run(*command: str) -> subprocess.CompletedProcess:
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    return subprocess.run([sys.executable, *command], capture_output=True, text=True,
+                          env=env, timeout=900, check=False, cwd=ROOT)
+
+
+@pytest.fixture(scope="module")
+def cases():
+    result = _run(str(ROOT / "tests" / "profile_cases.py"))
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+@requires_compiler
+def test_copy_kernel_is_vector_loads_and_stores(cases):
+    copy = cases["instrument"]["copy"]
+    assert copy["load_bits"] == [128] and copy["store_bits"] == [128]
+    assert copy["load_128_fraction"] == 1.0 and copy["store_128_fraction"] == 1.0
+    assert copy["spill_store_bytes"] == copy["spill_load_bytes"] == 0
+    # 1024 floats per program of 128 threads: two 128-bit loads and stores per thread and
+    # a handful of address instructions, for 8 elements
+    assert 0.5 < copy["instructions_per_element"] < 4
+    assert copy["resident_warps"] == 64 and copy["mufu_per_element"] == 0
+
+
+@requires_compiler
+def test_loop_count_scales_with_its_trip_count(cases):
+    ten, fifty, hundred = (cases["instrument"][f"loop{n}"]["instructions_per_element"]
+                           for n in (10, 50, 100))
+    # one FFMA per trip (the compiler unrolls the loop) on top of a fixed part
+    per_trip = (hundred - fifty) / 50
+    assert 1 <= per_trip <= 3
+    assert (fifty - ten) / 40 == pytest.approx(per_trip, rel=0.2)
+    assert ten > 10 * per_trip
+    loops = cases["instrument"]["loop100"]["loops"]
+    assert any("x 25" in loop or "x 100" in loop for loop in loops), loops
+
+
+@requires_compiler
+def test_untagged_loop_is_an_error(cases):
+    assert "has no '# trips:' tag" in cases["instrument"]["untagged"]
+
+
+@requires_compiler
+def test_spilling_kernel_reports_spills(cases):
+    spill = cases["instrument"]["spill"]
+    assert spill["spill_store_bytes"] > 1000 and spill["spill_load_bytes"] > 1000
+    assert spill["stack_bytes"] > 0
+
+
+@requires_compiler
+def test_every_ldrld_variant_compiles(cases):
+    # (the Triton compiler accepts code that the interpreter runs, and the other way round)
+    by_case = {case["case"]: case["kernels"] for case in cases["ldrld"]}
+    assert len(by_case) == 5
+    compiled = {name for names in by_case.values() for name in names}
+    assert {"_ldrld_fused_kernel", "_chunk_stats_kernel", "_merge_kernel",
+            "_chunk_grad_kernel", "_scale_kernel"} <= compiled
+
+
+@requires_compiler
+def test_profile_command(tmp_path):
+    path = tmp_path / "profile.json"
+    result = _run("-m", "ldrld_kernels", "profile", "--classes", "1000", "--rows", "64",
+                  "--dtype", "bfloat16", "--json", str(path))
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("ldrld profile: Triton ")
+    assert lines[1].split()[:3] == ["C", "dtype", "kernel"]
+    (call,) = json.loads(path.read_text())
+    assert call["classes"] == 1000 and call["rows"] == 64 and call["bytes_per_element"] == 6
+    kernel = call["kernels"][0]
+    assert kernel["name"] == "_ldrld_fused_kernel" and kernel["registers"] > 0
+    assert call["instructions_per_element"] == pytest.approx(
+        sum(k["instructions_per_element"] for k in call["kernels"]))
+    assert 0 < call["ceiling_h200"] <= call["ceiling_h100"] <= 100
+
+
+def test_profile_refuses_the_interpreter():
+    assert os.environ.get("TRITON_INTERPRET") == "1" or not _compiler_available()
+    with pytest.raises(RuntimeError, match="without TRITON_INTERPRET=1"), \
+            profile.compile_only():
+        pass
+
+
+def test_model_numbers():
+    # the budgets of the module docstring: ~46 / 93 on an H200, ~67 / 134 on an H100
+    assert profile.instruction_budget(6, "H200") == pytest.approx(46.7, abs=0.1)
+    assert profile.instruction_budget(12, "H200") == pytest.approx(93.4, abs=0.1)
+    assert profile.instruction_budget(6, "H100") == pytest.approx(66.9, abs=0.1)
+    # occupancy: registers, warps and shared memory each limit the resident CTAs
+    assert profile.resident_ctas(32, 4, 0) == 16            # 64 warps / 4
+    assert profile.resident_ctas(128, 8, 0) == 2             # 65536 / (128 x 32) / 8
+    assert profile.resident_ctas(255, 8, 0) == 1
+    assert profile.resident_ctas(32, 4, 100 * 1024) == 2     # 228 KiB / (100 + 1) KiB
+
+
+def _call(instructions: float, spills: int = 0, warps: int = 32, launches: int = 1):
+    kernel = profile.KernelProfile(
+        name="_kernel", grid=[4096], num_warps=8, registers=64, spill_store_bytes=spills,
+        spill_load_bytes=0, stack_bytes=spills, shared_bytes=0, resident_ctas=warps // 8,
+        resident_warps=warps, instructions_per_element=instructions / launches,
+        barriers_per_row=1.0, mufu_per_element=2.0, load_bits=[128], store_bits=[128],
+        load_128_fraction=1.0, store_128_fraction=1.0)
+    return profile.CallProfile(4096, 4096, "bfloat16", 7, True, False, 6, [kernel] * launches)
+
+
+def test_check_names_each_broken_budget(monkeypatch):
+    monkeypatch.setitem(profile.BUDGETS, (4096, "bfloat16"),
+                        profile.Budget(instructions_per_element=48))
+    assert profile.check_budgets([_call(47.9)]) == []
+    assert profile.check_budgets([_call(48.1)]) == [
+        "C=4096 bfloat16: 48.1 instructions per element > 48"]
+    (line,) = profile.check_budgets([_call(40, spills=8)])
+    assert "_kernel spills 8 bytes" in line
+    (line,) = profile.check_budgets([_call(40, warps=8)])
+    assert "8 warps per SM resident < 16" in line
+    (line,) = profile.check_budgets([_call(40, launches=3)])
+    assert "3 launches > 1" in line
