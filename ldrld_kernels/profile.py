@@ -266,6 +266,10 @@ def _successors(index: int, instructions: list[Instruction], labels: dict[str, i
         raise NotImplementedError(f"indirect branch {instruction.opcode} at "
                                   f"{instruction.address:#x}")
     following = [index + 1] if index + 1 < len(instructions) else []
+    if instruction.opcode.startswith("BRA.DIV"):
+        # taken only by a divergent warp (ptxas's out-of-line fallback for warp shuffles);
+        # a kernel's warps reach their reductions converged
+        return following
     if op == "BRA":
         return [labels[instruction.target]] + (following if instruction.predicated else [])
     if op in ("EXIT", "RET", "KILL"):
@@ -297,22 +301,19 @@ def execution_counts(instructions: list[Instruction], labels: dict[str, int],
         reachable.add(index)
         stack.extend(_successors(index, instructions, labels))
 
-    regions: dict[int, Region] = {}
+    # Loops: each backward branch closes one; the latest branch to a header ends its loop.
+    spans: dict[int, int] = {}
     for index in sorted(reachable):
         instruction = instructions[index]
-        if instruction.opcode.split(".")[0] != "BRA":
-            continue
-        target = labels[instruction.target]
-        if target <= index and target != index:  # a backward branch closes a loop
-            tag = _tag(instruction.source)
-            if tag is None or tag[0] != "trips":
-                raise ValueError(
-                    f"loop at SASS {instructions[target].address:#x}-{instruction.address:#x} "
-                    f"(source {_where(instruction.source)}) has no '# trips:' tag on its line")
-            loop = regions.get(target)
-            if loop is None or loop.last < index:
-                regions[target] = Region("loop", target, index, instruction.source,
-                                         evaluate("trips", tag[1], instruction.source))
+        if instruction.opcode.split(".")[0] == "BRA":
+            target = labels[instruction.target]
+            if target < index:
+                spans[target] = max(spans.get(target, index), index)
+    regions: dict[int, Region] = {}
+    for first, last in spans.items():
+        source = _loop_source(first, last, spans, instructions)
+        regions[first] = Region("loop", first, last, source,
+                                evaluate("trips", _tag(source)[1], source))
     _split_unrolled(list(regions.values()), instructions)
     for index in sorted(reachable):
         instruction = instructions[index]
@@ -341,6 +342,30 @@ def execution_counts(instructions: list[Instruction], labels: dict[str, int],
 # Opcode families of loop control (counter, compare, branch): not part of the unrolled work.
 _LOOP_CONTROL = {"BRA", "ISETP", "UISETP", "VIADD", "IADD3", "UIADD3", "IMAD", "PLOP3", "MOV",
                  "NOP"}
+
+
+def _loop_source(first: int, last: int, spans: dict[int, int],
+                 instructions: list[Instruction]) -> tuple[str, int]:
+    """The tagged ``for`` line of the loop ``first..last``: the line of its backward branch
+    when that carries a ``# trips:`` tag, else the one tagged line among the loop's own
+    instructions (outside the loops nested in it); the branch's line can be that of a
+    library function inlined at the end of the body."""
+    branch = instructions[last].source
+    tag = _tag(branch)
+    if tag is not None and tag[0] == "trips":
+        return branch
+    nested = [(a, b) for a, b in spans.items() if first <= a and b <= last and (a, b) != (first,
+                                                                                          last)]
+    own = {instructions[i].source for i in range(first, last + 1)
+           if not any(a <= i <= b for a, b in nested)}
+    tagged = sorted({source for source in own if (_tag(source) or ("",))[0] == "trips"},
+                    key=lambda source: (source[0], source[1]))
+    if len(tagged) != 1:
+        raise ValueError(
+            f"loop at SASS {instructions[first].address:#x}-{instructions[last].address:#x} "
+            f"(branch at {_where(branch)}): {len(tagged)} '# trips:' tagged lines among its "
+            f"instructions ({', '.join(map(_where, tagged)) or 'none'}); expected one")
+    return tagged[0]
 
 
 def _split_unrolled(loops: list[Region], instructions: list[Instruction]) -> None:

@@ -1,13 +1,39 @@
-"""Fused Triton kernel: one program per row computes the LDRLD row loss and its gradients.
+"""Fused Triton kernel: one launch computes the LDRLD row losses and their gradients for rows
+of up to ``policy.MAX_FUSED`` classes.
 
-The program loads the student and teacher rows once, selects the top-k classes, and computes
-the local term (``triton_common._local_term``: closed-form pairs, no softmax per pair), the
-remaining-class KL over the other C - k classes, the cross-entropy, and the gradients of the
-row loss (formulas in ``triton_common``), which it writes in the same pass, already divided
-by the row count for a mean. Backward only scales them by the upstream gradient, in place,
-and skips that pass when the upstream gradient is exactly 1 (``api._LDRLDFunction``), so a
-plain ``loss.backward()`` moves just the compulsory bytes. Rows wider than MAX_FUSED go to
-the chunked kernels (``triton_chunked``).
+A program takes ROWS rows as a [ROWS, LANES, VEC] tile: LANES threads per row, each reading
+VEC consecutive classes (one 16-byte access) per chunk of LANES x VEC classes. Each thread
+keeps running statistics of its own classes and combines them with the row's other threads
+once per row, so no reduction runs per chunk. The row is streamed three times (the second
+and third reads come from L2/L1):
+
+1. Selection. Classes come in groups of VEC consecutive ones; a group's key is its best
+   ranking logit (ties to the smaller group, i.e. the smaller class index). The exact top-k
+   classes lie in the k groups with the best keys: every top-k class c is in some group g,
+   and if k other groups ranked above g, their k best classes would all rank above c.
+   While streaming, each thread keeps its KPL best groups; the row's k best groups are the
+   best k of those, and they are exact unless some thread's KPL-th kept group made the
+   row's k, in which case a group it dropped might belong there too. Then (rarely on real
+   data) the program redoes the selection exactly, k streaming rounds of "best group ranked
+   after the previous one". The k winning groups (k x VEC classes, re-read from L1/L2)
+   give the exact top-k in rank order by k rounds of (max, smaller index).
+2. Statistics of the remaining classes. A group among the k winners is left out with one
+   comparison of its key against the k-th winner's; its classes that were not selected are
+   added back per row from the gathered winners. With u = s / T and v = t / T in base-2
+   units, each thread keeps, per row, sum 2^(u - m_u), sum 2^(v - m_v), sum 2^(v - m_v)
+   (v - u) and the cross-entropy's sum 2^(s log2 e - m_s), its maxima m_* moved only by
+   whole powers of two (integer offsets, so that rescaling is an exponent shift, not an
+   exp). When T is a small integer, 2^(s log2 e - T m_u) = (2^(u - m_u))^T: the
+   cross-entropy takes no exponential of its own. Then
+       KL_rest = ln 2 (W / Z_v - L_v + L_u),  L = m + log2 Z,  CE = ln 2 L_s - s_y.
+3. Gradients. Every class of the row is written with one vectorized store,
+       d/ds_c = beta T (2^(u_c - L_u) - 2^(v_c - L_v)) + ce_weight 2^(s_c log2 e - L_s)
+       d/dt_c = beta T p_c (ln 2 ((v_c - L_v) - (u_c - L_u)) - KL_rest),
+   then, after a block barrier, the k selected classes and the target class are written
+   again with their own values (the local term, ``triton_common._local_term``, and the
+   one-hot of the cross-entropy).
+Gradients are stored already multiplied by the mean's 1 / count; backward only scales them
+(``api._LDRLDFunction``) and skips that when the upstream gradient is 1.
 """
 
 from __future__ import annotations
@@ -17,21 +43,238 @@ import triton
 import triton.language as tl
 
 from ldrld_kernels.config import LossConfig
+from ldrld_kernels.policy import FusedLaunch, fused_launch, uses_fused
 from ldrld_kernels.triton_common import (
-    _ce_grad,
+    LN2,
     _grad_scale,
-    _load_logits,
-    _local_term,
-    _rest_grads,
-    _store_grad,
-    _store_row,
+    _local_term_rows,
+    _log2,
     allocate_outputs,
-    num_warps_for,
 )
 
-# One program holds the whole row in registers (two float32 vectors of BLOCK_C plus a few
-# masks). Past 16,384 classes that spills badly; wider rows go to the chunked kernels.
-MAX_FUSED = 16384
+LOG2E = tl.constexpr(1.4426950408889634)
+
+NO_GROUP = tl.constexpr(2**30)  # group id of an empty candidate slot (ranks last)
+
+
+@triton.jit
+def _load_tile(ptr, row_start, cols, mask, stride_col):
+    """Float32 logits at ``row_start + cols`` (-inf outside ``mask``); 64-bit offsets."""
+    return tl.load(ptr + row_start + cols.to(tl.int64) * stride_col, mask=mask,
+                   other=-float("inf")).to(tl.float32)
+
+
+@triton.jit
+def _load_chunk(ptr, row_start, chunk, C, stride_col, LANES: tl.constexpr, VEC: tl.constexpr,
+                TAIL: tl.constexpr, PACKED: tl.constexpr):
+    """Chunk ``chunk`` of a row's logits in float32, [ROWS, LANES, VEC]. Rows past the end
+    were clamped to the last row, so a full chunk needs no mask (and no fill value: the
+    accesses stay 16 bytes wide); the tail chunk is -inf past C. PACKED: contiguous
+    bfloat16 read as 32-bit words of two classes, widened with one shift or one and-mask
+    per class (a bfloat16 is the high half of a float32)."""
+    if TAIL:
+        cols = _chunk_cols(chunk, LANES, VEC)
+        x = tl.load(ptr + row_start + cols.to(tl.int64) * stride_col, mask=cols < C,
+                    other=-float("inf")).to(tl.float32)
+    elif PACKED:
+        words = chunk * (LANES * VEC // 2) + tl.arange(0, LANES)[None, :, None] * (VEC // 2) + \
+            tl.arange(0, VEC // 2)[None, None, :]
+        w = tl.load(ptr.to(tl.pointer_type(tl.int32)) + row_start // 2 + words)
+        low = (w << 16).to(tl.float32, bitcast=True)
+        high = (w & -65536).to(tl.float32, bitcast=True)
+        x = tl.reshape(tl.join(low, high), [w.shape[0], LANES, VEC])
+    else:
+        cols = _chunk_cols(chunk, LANES, VEC)
+        x = tl.load(ptr + row_start + cols.to(tl.int64) * stride_col).to(tl.float32)
+    return x
+
+
+@triton.jit
+def _insert(v0, g0, v1, g1, v2, g2, v3, g3, v4, g4, dropped, x, gx, KPL: tl.constexpr):
+    """Insert group key (x, gx) into a thread's sorted list of its KPL best groups, and keep
+    the best value that fell off the list in ``dropped``. Groups arrive in increasing id,
+    so a tie never displaces an earlier group: only x > v counts."""
+    if KPL == 5:
+        dropped = tl.maximum(dropped, tl.minimum(x, v4))
+        b4 = x > v4
+        b3 = x > v3
+        v4, g4 = tl.where(b3, v3, tl.where(b4, x, v4)), tl.where(b3, g3, tl.where(b4, gx, g4))
+    elif KPL == 4:
+        dropped = tl.maximum(dropped, tl.minimum(x, v3))
+    else:
+        dropped = tl.maximum(dropped, tl.minimum(x, v2))
+    b3 = x > v3
+    b2 = x > v2
+    if KPL >= 4:
+        v3, g3 = tl.where(b2, v2, tl.where(b3, x, v3)), tl.where(b2, g2, tl.where(b3, gx, g3))
+    b1 = x > v1
+    b0 = x > v0
+    v2, g2 = tl.where(b1, v1, tl.where(b2, x, v2)), tl.where(b1, g1, tl.where(b2, gx, g2))
+    v1, g1 = tl.where(b0, v0, tl.where(b1, x, v1)), tl.where(b0, g0, tl.where(b1, gx, g1))
+    v0, g0 = tl.where(b0, x, v0), tl.where(b0, gx, g0)
+    return v0, g0, v1, g1, v2, g2, v3, g3, v4, g4, dropped
+
+
+@triton.jit
+def _best_group(values, groups):
+    """Per row: the best (value, group) of a [ROWS, N] tile, ties to the smaller group."""
+    best = tl.max(values, axis=1)
+    return best, tl.min(tl.where(values == best[:, None], groups, NO_GROUP), axis=1)
+
+
+@triton.jit
+def _ranks_at_or_above(value, group, theta_value, theta_group):
+    """Whether group key (value, group) ranks at or above (theta_value, theta_group)."""
+    return (value > theta_value) | ((value == theta_value) & (group <= theta_group))
+
+
+@triton.jit
+def _pow2_int(d):
+    """2^d for a float holding an integer d <= 0, exactly, without an exponential: the float
+    with exponent field d + 127 (0 below 2^-126)."""
+    d = tl.maximum(d, -127.0).to(tl.int32)
+    return ((d + 127) << 23).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _rescale(offset, group_max):
+    """Move a running integer offset up to cover ``group_max``: (new offset, factor that
+    rescales sums taken against the old one)."""
+    new = tl.maximum(offset, tl.math.ceil(group_max))
+    return new, _pow2_int(offset - new)
+
+
+@triton.jit
+def _combine(offset, total, axis: tl.constexpr):
+    """Per row, the threads' (offset, sum 2^(x - offset)) as one (max, sum 2^(x - max))."""
+    m = tl.max(offset, axis=axis)
+    m_safe = tl.where(m == -float("inf"), 0.0, m)
+    return m, tl.sum(total * tl.exp2(offset - tl.expand_dims(m_safe, axis)), axis=axis)
+
+
+@triton.jit
+def _merge_classes(m, z, x, c2):
+    """Add the classes x ([ROWS, N], logits, -inf for none) to a per-row sum kept as
+    (integer base-2 offset m, z = sum 2^(x c2 - m)): the new (m, z) and the factor that
+    rescaled z."""
+    new = tl.maximum(m, tl.math.ceil(tl.max(x, axis=1) * c2))
+    factor = _pow2_int(m - new)
+    return new, z * factor + tl.sum(tl.exp2(tl.fma(x, c2, -new[:, None])), axis=1), factor
+
+
+@triton.jit
+def _chunk_cols(chunk, LANES: tl.constexpr, VEC: tl.constexpr):
+    """Classes of one chunk as a [1, LANES, VEC] tile."""
+    lane = tl.arange(0, LANES)[None, :, None]
+    return chunk * (LANES * VEC) + lane * VEC + tl.arange(0, VEC)[None, None, :]
+
+
+@triton.jit
+def _select_step(key_ptr, key_start, key_stride, chunk, C, v0, g0, v1, g1, v2, g2, v3, g3, v4,
+                 g4, dropped, LANES: tl.constexpr, VEC: tl.constexpr, KPL: tl.constexpr,
+                 TAIL: tl.constexpr, KEY_PACKED: tl.constexpr):
+    key = _load_chunk(key_ptr, key_start, chunk, C, key_stride, LANES, VEC, TAIL, KEY_PACKED)
+    group = chunk * LANES + tl.arange(0, LANES)[None, :]
+    return _insert(v0, g0, v1, g1, v2, g2, v3, g3, v4, g4, dropped, tl.max(key, axis=2), group,
+                   KPL)
+
+
+@triton.jit
+def _stats_step(student_ptr, teacher_ptr, s_start, t_start, stride_s_col, stride_t_col, chunk,
+                C, c2, theta_v, theta_g, off_u, off_v, off_s, z_u, z_v, w, z_s,
+                HAS_TARGET: tl.constexpr, RANK_BY_TEACHER: tl.constexpr,
+                LANES: tl.constexpr, VEC: tl.constexpr, T_POW: tl.constexpr,
+                TAIL: tl.constexpr, S_PACKED: tl.constexpr, T_PACKED: tl.constexpr):
+    """One chunk of the remaining-class statistics (see the module docstring). ``c2`` is
+    log2(e) / T; ``w`` sums 2^a_v (a_v - a_u) with a = x c2 - offset, the offsets at the
+    time: a rescale moves it by the change of off_v - off_u."""
+    s = _load_chunk(student_ptr, s_start, chunk, C, stride_s_col, LANES, VEC, TAIL, S_PACKED)
+    t = _load_chunk(teacher_ptr, t_start, chunk, C, stride_t_col, LANES, VEC, TAIL, T_PACKED)
+    gm_s = tl.max(s, axis=2)
+    gm_t = tl.max(t, axis=2)
+    group = chunk * LANES + tl.arange(0, LANES)[None, :]
+    winner = _ranks_at_or_above(gm_t if RANK_BY_TEACHER else gm_s, group, theta_v, theta_g)
+    gm_s = tl.where(winner, -float("inf"), gm_s)
+    new_u = tl.maximum(off_u, tl.math.ceil(gm_s * c2))
+    new_v = tl.maximum(off_v, tl.math.ceil(tl.where(winner, -float("inf"), gm_t) * c2))
+    scale_u = _pow2_int(off_u - new_u)
+    scale_v = _pow2_int(off_v - new_v)
+    # sum e_v (a_v - a_u) against the new offsets: old terms move by the offsets' change
+    w = (w - ((new_v - off_v) - (new_u - off_u)) * z_v) * scale_v
+    off_u, off_v = new_u, new_v
+    # the exponent with one rounding (fma): with logits of 1e4, rounding x c2 first would be
+    # 1e-3 off in every exponent
+    a_u = tl.fma(s, c2, -off_u[:, :, None])
+    a_v = tl.fma(t, c2, -off_v[:, :, None])
+    e_u = tl.exp2(a_u)
+    e_v = tl.exp2(a_v)
+    # padding (-inf in both) has e_v = 0 and a_v - a_u = nan: max() drops the nan
+    group_w = tl.sum(e_v * tl.maximum(a_v - a_u, -3.0e38), axis=2)
+    z_u = z_u * scale_u + tl.where(winner, 0.0, tl.sum(e_u, axis=2))
+    z_v = z_v * scale_v + tl.where(winner, 0.0, tl.sum(e_v, axis=2))
+    w = w + tl.where(winner, 0.0, group_w)
+    if HAS_TARGET:
+        if T_POW == 0:
+            # a cross-entropy offset of its own, and an exponential per class
+            off_s, scale_s = _rescale(off_s, gm_s * LOG2E)
+            e_s = tl.exp2(tl.fma(s, LOG2E, -off_s[:, :, None]))
+        else:
+            # 2^(s log2 e - T off_u) = (2^(a_u))^T: no exponential
+            off_s = off_u * T_POW
+            scale_s = _int_power(scale_u, T_POW)
+            e_s = _int_power(e_u, T_POW)
+        z_s = z_s * scale_s + tl.where(winner, 0.0, tl.sum(e_s, axis=2))
+    return off_u, off_v, off_s, z_u, z_v, w, z_s
+
+
+@triton.jit
+def _int_power(x, T_POW: tl.constexpr):
+    """x^T_POW for T_POW = 1, 2, 4, by multiplication."""
+    if T_POW == 2:
+        x = x * x
+    elif T_POW == 4:
+        x = x * x
+        x = x * x
+    return x
+
+
+@triton.jit
+def _grad_step(grad_s_ptr, grad_t_ptr, student_ptr, teacher_ptr, s_start, t_start, gs_start,
+               gt_start, stride_s_col, stride_t_col, chunk, C, row_ok, c2, counted, m_u, m_v,
+               m_s, w_q, w_p, w_ce, t_shift, HAS_TARGET: tl.constexpr,
+               STUDENT_GRAD: tl.constexpr, TEACHER_GRAD: tl.constexpr, LANES: tl.constexpr,
+               VEC: tl.constexpr, T_POW: tl.constexpr, TAIL: tl.constexpr,
+               S_PACKED: tl.constexpr, T_PACKED: tl.constexpr):
+    """One chunk of the gradient sweep: the remaining-class formulas at every class. Rows
+    that do not count get zeros from a second store (a select would unpack the 16-bit
+    values)."""
+    cols = _chunk_cols(chunk, LANES, VEC)
+    s = _load_chunk(student_ptr, s_start, chunk, C, stride_s_col, LANES, VEC, TAIL, S_PACKED)
+    t = _load_chunk(teacher_ptr, t_start, chunk, C, stride_t_col, LANES, VEC, TAIL, T_PACKED)
+    if TAIL:
+        write = row_ok & (cols < C)
+    else:
+        write = tl.broadcast_to(row_ok, [row_ok.shape[0], LANES, VEC])
+    a_u = tl.fma(s, c2, -m_u)
+    a_v = tl.fma(t, c2, -m_v)
+    e_u = tl.exp2(a_u)
+    e_v = tl.exp2(a_v)
+    if STUDENT_GRAD:
+        g = e_u * w_q - e_v * w_p
+        if HAS_TARGET:
+            if T_POW == 0:
+                g += w_ce * tl.exp2(tl.fma(s, LOG2E, -m_s))
+            else:
+                g += w_ce * _int_power(e_u, T_POW)
+        ptrs = grad_s_ptr + gs_start + cols
+        tl.store(ptrs, g.to(grad_s_ptr.dtype.element_ty), mask=write & counted)
+        tl.store(ptrs, tl.zeros_like(g).to(grad_s_ptr.dtype.element_ty), mask=write & ~counted)
+    if TEACHER_GRAD:
+        # padding has e_v = 0 and a_v - a_u = nan: max() drops the nan
+        g = e_v * w_p * tl.fma(tl.maximum(a_v - a_u, -3.0e38), LN2, t_shift)
+        ptrs = grad_t_ptr + gt_start + cols
+        tl.store(ptrs, g.to(grad_t_ptr.dtype.element_ty), mask=write & counted)
+        tl.store(ptrs, tl.zeros_like(g).to(grad_t_ptr.dtype.element_ty), mask=write & ~counted)
 
 
 @triton.jit
@@ -42,85 +285,286 @@ def _ldrld_fused_kernel(
     # strides
     stride_s_row, stride_s_col, stride_t_row, stride_t_col, stride_gs_row, stride_gt_row,
     # sizes
-    C, k,
+    n_rows, C, k,
     # runtime scalars
     T, alpha, beta, ce_weight, adw_scale, adw_decay, adw_offset, ignore_index,
     # flags
     HAS_TARGET: tl.constexpr, RANK_BY_TEACHER: tl.constexpr, STUDENT_GRAD: tl.constexpr,
-    TEACHER_GRAD: tl.constexpr, SCALE_GRAD: tl.constexpr, BLOCK_C: tl.constexpr,
-    K_PAD: tl.constexpr,
+    TEACHER_GRAD: tl.constexpr, SCALE_GRAD: tl.constexpr,
+    # layout (policy.FusedLaunch)
+    ROWS: tl.constexpr, LANES: tl.constexpr, VEC: tl.constexpr, KPL: tl.constexpr,
+    K_PAD: tl.constexpr, ROW_ALIGN: tl.constexpr, T_POW: tl.constexpr,
+    S_PACKED: tl.constexpr, T_PACKED: tl.constexpr,
 ):
-    row = tl.program_id(0).to(tl.int64)
-    cols = tl.arange(0, BLOCK_C)
-    in_row = cols < C
-    s, t = _load_logits(student_ptr, teacher_ptr, row, cols, in_row, stride_s_row,
-                        stride_s_col, stride_t_row, stride_t_col)
+    BLOCK: tl.constexpr = LANES * VEC
+    rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
+    row_ok = rows < n_rows
+    # rows past the end read the last row (their results are not stored): no load needs a
+    # row mask
+    rows_in = tl.minimum(rows, n_rows - 1)
+    s_row = tl.multiple_of(rows_in * stride_s_row, ROW_ALIGN)
+    t_row = tl.multiple_of(rows_in * stride_t_row, ROW_ALIGN)
+    s_start = s_row[:, None, None]
+    t_start = t_row[:, None, None]
+    key_ptr = teacher_ptr if RANK_BY_TEACHER else student_ptr
+    key_start = t_start if RANK_BY_TEACHER else s_start
+    key_stride = stride_t_col if RANK_BY_TEACHER else stride_s_col
+    KEY_PACKED: tl.constexpr = T_PACKED if RANK_BY_TEACHER else S_PACKED
+    n_full = C // BLOCK
+    has_tail = n_full * BLOCK < C
+    c2 = LOG2E / T  # x c2 is x / T in base-2 units
 
-    # Top-k: k rounds of a (max, leftmost index) reduction over the row already in
-    # registers. That is the tie rule exactly (smaller index first), works for any k (tl.topk
-    # needs a power of two and returns no indices; packing value and index into one key for
-    # tl.sort costs a full bitonic sort), and for the k of practice (<= 16) costs far less
-    # than loading the row.
-    key = t if RANK_BY_TEACHER else s
-    ranks = tl.arange(0, K_PAD)
-    top_idx = tl.zeros([K_PAD], dtype=tl.int32)
-    top_s = tl.zeros([K_PAD], dtype=tl.float32)
-    top_t = tl.zeros([K_PAD], dtype=tl.float32)
-    taken = cols < 0
+    # ---- 1. Selection: each thread's KPL best groups, then the row's k best ---------------
+    neg = tl.full([ROWS, LANES], -float("inf"), tl.float32)
+    empty = tl.full([ROWS, LANES], NO_GROUP, tl.int32)
+    v0, v1, v2, v3, v4 = neg, neg, neg, neg, neg
+    g0, g1, g2, g3, g4 = empty, empty, empty, empty, empty
+    dropped = neg
+    # two chunks per iteration: half the loop's own instructions
+    for pair in range(n_full // 2):  # trips: C // (LANES * VEC) // 2
+        v0, g0, v1, g1, v2, g2, v3, g3, v4, g4, dropped = _select_step(
+            key_ptr, key_start, key_stride, 2 * pair, C, v0, g0, v1, g1, v2, g2, v3, g3, v4,
+            g4, dropped, LANES, VEC, KPL, False, KEY_PACKED)
+        v0, g0, v1, g1, v2, g2, v3, g3, v4, g4, dropped = _select_step(
+            key_ptr, key_start, key_stride, 2 * pair + 1, C, v0, g0, v1, g1, v2, g2, v3, g3,
+            v4, g4, dropped, LANES, VEC, KPL, False, KEY_PACKED)
+    if n_full % 2 == 1:  # runs: C // (LANES * VEC) % 2
+        v0, g0, v1, g1, v2, g2, v3, g3, v4, g4, dropped = _select_step(
+            key_ptr, key_start, key_stride, n_full - 1, C, v0, g0, v1, g1, v2, g2, v3, g3, v4,
+            g4, dropped, LANES, VEC, KPL, False, KEY_PACKED)
+    if has_tail:  # runs: C % (LANES * VEC) > 0
+        v0, g0, v1, g1, v2, g2, v3, g3, v4, g4, dropped = _select_step(
+            key_ptr, key_start, key_stride, n_full, C, v0, g0, v1, g1, v2, g2, v3, g3,
+            v4, g4, dropped, LANES, VEC, KPL, True, KEY_PACKED)
+
+    # The row's k best: k rounds, each taking the best head of the threads' sorted lists.
+    ranks = tl.arange(0, K_PAD)[None, :]
+    win_g = tl.full([ROWS, K_PAD], NO_GROUP, tl.int32)
+    theta_v = tl.full([ROWS], -float("inf"), tl.float32)
+    theta_g = tl.full([ROWS], NO_GROUP, tl.int32)
     for r in range(k):  # trips: k
-        _, pick = tl.max(tl.where(taken, -float("inf"), key), axis=0, return_indices=True,
-                         return_indices_tie_break_left=True)
-        here = cols == pick
-        taken = taken | here
-        top_idx = tl.where(ranks == r, pick, top_idx)
-        top_s = tl.where(ranks == r, tl.sum(tl.where(here, s, 0.0), axis=0), top_s)
-        top_t = tl.where(ranks == r, tl.sum(tl.where(here, t, 0.0), axis=0), top_t)
-    local, grad_top_s, grad_top_t = _local_term(top_s, top_t, k, T, alpha, adw_scale,
-                                                adw_decay, adw_offset, K_PAD)
+        theta_v, theta_g = _best_group(v0, g0)
+        pop = g0 == theta_g[:, None]
+        v0, g0 = tl.where(pop, v1, v0), tl.where(pop, g1, g0)
+        v1, g1 = tl.where(pop, v2, v1), tl.where(pop, g2, g1)
+        v2, g2 = tl.where(pop, v3, v2), tl.where(pop, g3, g2)
+        v3, g3 = tl.where(pop, v4, v3), tl.where(pop, g4, g3)
+        v4, g4 = tl.where(pop, -float("inf"), v4), tl.where(pop, NO_GROUP, g4)
+        win_g = tl.where(ranks == r, theta_g[:, None], win_g)
+    # Exact unless a group that fell off some thread's list ranks with the row's k (ties
+    # counted as unsure).
+    unsure = (dropped >= theta_v[:, None]) & (dropped > -float("inf")) & row_ok[:, None]
+    if tl.max(tl.max(unsure.to(tl.int32), axis=1), axis=0) > 0:  # runs: exact_selection
+        # Exact: k streaming rounds, each the best group ranked after the previous winner.
+        theta_v = tl.full([ROWS], float("inf"), tl.float32)
+        theta_g = tl.full([ROWS], -1, tl.int32)
+        for r in range(k):  # trips: k
+            best_v = neg
+            best_g = empty
+            for chunk in range(tl.cdiv(C, BLOCK)):  # trips: cdiv(C, LANES * VEC)
+                cols = _chunk_cols(chunk, LANES, VEC)
+                key = _load_tile(key_ptr, key_start, cols, cols < C, key_stride)
+                gm = tl.max(key, axis=2)
+                group = chunk * LANES + tl.arange(0, LANES)[None, :]
+                after = (gm < theta_v[:, None]) | ((gm == theta_v[:, None]) &
+                                                   (group > theta_g[:, None]))
+                better = after & (gm > best_v)
+                best_v = tl.where(better, gm, best_v)
+                best_g = tl.where(better, group, best_g)
+            theta_v, theta_g = _best_group(best_v, best_g)
+            win_g = tl.where(ranks == r, theta_g[:, None], win_g)
 
-    # Remaining classes: the selected ones excluded exactly, not subtracted from a sum.
-    rest = in_row & ~taken
-    u = tl.where(rest, s / T, -float("inf"))
-    v = tl.where(rest, t / T, -float("inf"))
-    u_max = tl.max(u, axis=0)
-    v_max = tl.max(v, axis=0)
-    u_log_sum = tl.log(tl.sum(tl.exp(u - u_max), axis=0))
-    v_log_sum = tl.log(tl.sum(tl.exp(v - v_max), axis=0))
-    log_p = (v - v_max) - v_log_sum
-    log_q = (u - u_max) - u_log_sum
-    # classes of zero teacher probability (selected, padded, -inf logits) contribute 0
-    kl_rest = tl.sum(tl.exp(log_p) * tl.where(v == -float("inf"), 0.0, log_p - log_q), axis=0)
+    # The classes of the k winning groups (16-byte loads), and the exact top-k among them in
+    # rank order.
+    win_ok = (win_g != NO_GROUP)[:, :, None]
+    gathered_c = tl.where(win_ok, win_g[:, :, None], 0) * VEC + tl.arange(0, VEC)[None, None, :]
+    gathered_ok = win_ok & (gathered_c < C)
+    gs = _load_tile(student_ptr, s_row[:, None, None], gathered_c, gathered_ok, stride_s_col)
+    gt = _load_tile(teacher_ptr, t_row[:, None, None], gathered_c, gathered_ok, stride_t_col)
+    gkey = gt if RANK_BY_TEACHER else gs
+    available = gathered_ok
+    top_c = tl.full([ROWS, K_PAD], 0, tl.int32) + C
+    for r in range(k):  # trips: k
+        best = tl.max(tl.max(tl.where(available, gkey, -float("inf")), axis=2), axis=1)
+        pick = tl.min(tl.min(tl.where(available & (gkey == best[:, None, None]), gathered_c, C),
+                             axis=2), axis=1)
+        available = available & (gathered_c != pick[:, None, None])
+        top_c = tl.where(ranks == r, pick[:, None], top_c)
+    in_top = (ranks < k) & (top_c < C)
+    top_s = _load_tile(student_ptr, s_row[:, None], top_c, in_top, stride_s_col)
+    top_t = _load_tile(teacher_ptr, t_row[:, None], top_c, in_top, stride_t_col)
+    top_s = tl.where(in_top, top_s, 0.0)
+    top_t = tl.where(in_top, top_t, 0.0)
 
-    # Cross-entropy at temperature 1, and whether the row counts.
+    # ---- 2. Statistics of the remaining classes, per thread, then per row -----------------
+    off_u = tl.full([ROWS, LANES], -1e30, tl.float32)
+    off_v = tl.full([ROWS, LANES], -1e30, tl.float32)
+    off_s = tl.full([ROWS, LANES], -1e30, tl.float32)
+    z_u = tl.zeros([ROWS, LANES], tl.float32)
+    z_v = tl.zeros([ROWS, LANES], tl.float32)
+    w = tl.zeros([ROWS, LANES], tl.float32)
+    z_s = tl.zeros([ROWS, LANES], tl.float32)
+    th_v = theta_v[:, None]
+    th_g = theta_g[:, None]
+    for pair in range(n_full // 2):  # trips: C // (LANES * VEC) // 2
+        off_u, off_v, off_s, z_u, z_v, w, z_s = _stats_step(
+            student_ptr, teacher_ptr, s_start, t_start, stride_s_col, stride_t_col, 2 * pair,
+            C, c2, th_v, th_g, off_u, off_v, off_s, z_u, z_v, w, z_s, HAS_TARGET,
+            RANK_BY_TEACHER, LANES, VEC, T_POW, False, S_PACKED, T_PACKED)
+        off_u, off_v, off_s, z_u, z_v, w, z_s = _stats_step(
+            student_ptr, teacher_ptr, s_start, t_start, stride_s_col, stride_t_col,
+            2 * pair + 1, C, c2, th_v, th_g, off_u, off_v, off_s, z_u, z_v, w, z_s,
+            HAS_TARGET, RANK_BY_TEACHER, LANES, VEC, T_POW, False, S_PACKED, T_PACKED)
+    if n_full % 2 == 1:  # runs: C // (LANES * VEC) % 2
+        off_u, off_v, off_s, z_u, z_v, w, z_s = _stats_step(
+            student_ptr, teacher_ptr, s_start, t_start, stride_s_col, stride_t_col,
+            n_full - 1, C, c2, th_v, th_g, off_u, off_v, off_s, z_u, z_v, w, z_s,
+            HAS_TARGET, RANK_BY_TEACHER, LANES, VEC, T_POW, False, S_PACKED, T_PACKED)
+    if has_tail:  # runs: C % (LANES * VEC) > 0
+        off_u, off_v, off_s, z_u, z_v, w, z_s = _stats_step(
+            student_ptr, teacher_ptr, s_start, t_start, stride_s_col, stride_t_col,
+            n_full, C, c2, th_v, th_g, off_u, off_v, off_s, z_u, z_v, w, z_s,
+            HAS_TARGET, RANK_BY_TEACHER, LANES, VEC, T_POW, True, S_PACKED, T_PACKED)
+
+    # Per row: the threads' sums, then the winners' classes that were not selected. Each
+    # sum is kept as (integer base-2 offset m, z = sum 2^(x c2 - m)): with logits of 1e4,
+    # folding m and log2 z into one float would cost 1e-3 in every exponent.
+    m_u, z_u = _combine(off_u, z_u, 1)
+    m_v, z_v_lanes = _combine(off_v, z_v, 1)
+    # w against the row's offsets: sum 2^(a_v) (a_v - a_u), a = x c2 - m
+    w = tl.sum((w - ((m_v[:, None] - off_v) - (m_u[:, None] - off_u)) * z_v) *
+               tl.exp2(off_v - m_v[:, None]), axis=1)
+    z_v = z_v_lanes
+    gu = tl.reshape(tl.where(available, gs, -float("inf")), [ROWS, K_PAD * VEC])
+    gv = tl.reshape(tl.where(available, gt, -float("inf")), [ROWS, K_PAD * VEC])
+    m_u2, z_u, _ = _merge_classes(m_u, z_u, gu, c2)
+    z_v_streamed = z_v
+    m_v2, z_v, scale_w = _merge_classes(m_v, z_v, gv, c2)
+    w = (w - ((m_v2 - m_v) - (m_u2 - m_u)) * z_v_streamed) * scale_w
+    m_u, m_v = m_u2, m_v2
+    a_u = tl.fma(gu, c2, -m_u[:, None])
+    a_v = tl.fma(gv, c2, -m_v[:, None])
+    w += tl.sum(tl.exp2(a_v) * tl.maximum(a_v - a_u, -3.0e38), axis=1)
+    lz_u = _log2(z_u)
+    lz_v = _log2(z_v)
+    # KL = E_p[v - u] - (lse(v) - lse(u)); one remaining class is the point mass on both sides
+    kl_rest = LN2 * (w / z_v - (lz_v - lz_u))
+    kl_rest = tl.where(C - k == 1, 0.0, kl_rest)
+
     if HAS_TARGET:
-        y = tl.load(target_ptr + row)
-        counted = y != ignore_index
-        s_max = tl.max(s, axis=0)
-        s_log_sum = tl.log(tl.sum(tl.exp(s - s_max), axis=0))
-        ce = (s_max - tl.sum(tl.where(cols == y, s, 0.0), axis=0)) + s_log_sum
+        y = tl.load(target_ptr + rows_in)
+        counted = (y != ignore_index) & row_ok
+        m_s, z_s = _combine(off_s, z_s, 1)
+        m_s, z_s, _ = _merge_classes(
+            m_s, z_s, tl.reshape(tl.where(gathered_ok, gs, -float("inf")), [ROWS, K_PAD * VEC]),
+            LOG2E)
+        y_safe = tl.where(counted & (y >= 0) & (y < C), y, 0)
+        s_y = tl.load(student_ptr + s_row + y_safe * stride_s_col).to(tl.float32)
+        ce = tl.fma(LN2, m_s, -s_y) + LN2 * _log2(z_s)
     else:
-        counted = True
-        ce = 0.0
-    _store_row(loss_ptr, parts_ptr, row, counted, ce, local, T * T * kl_rest, ce_weight, alpha,
-               beta)
+        counted = row_ok
+        ce = tl.zeros([ROWS], tl.float32)
+    local, grad_top_s, grad_top_t = _local_term_rows(top_s, top_t, k, T, alpha, adw_scale,
+                                                     adw_decay, adw_offset, K_PAD,
+                                                     TEACHER_GRAD)
+    rntk = T * T * kl_rest
+    tl.store(loss_ptr + rows, tl.where(counted, ce_weight * ce + alpha * local + beta * rntk,
+                                       0.0), mask=row_ok)
+    tl.store(parts_ptr + rows * 3 + 0, tl.where(counted, ce, 0.0), mask=row_ok)
+    tl.store(parts_ptr + rows * 3 + 1, tl.where(counted, local, 0.0), mask=row_ok)
+    tl.store(parts_ptr + rows * 3 + 2, tl.where(counted, rntk, 0.0), mask=row_ok)
 
-    # Gradients: the remaining classes in one full-row store, the top-k classes in a second
-    # store to their k addresses (the two never overlap).
-    in_top = ranks < k
-    scale = _grad_scale(grad_scale_ptr, SCALE_GRAD)
-    grad_s, grad_t = _rest_grads(s, t, rest, u_max, u_log_sum, v_max, v_log_sum, kl_rest, T,
-                                 beta)
-    if STUDENT_GRAD:
+    # ---- 3. Gradients: every class in one vectorized sweep, then the k selected ------------
+    if STUDENT_GRAD or TEACHER_GRAD:
+        scale = _grad_scale(grad_scale_ptr, SCALE_GRAD)
+        rest_w = beta * T * scale
+        ce_w = ce_weight * scale
+        # per row: q_c = 2^(a_u) / z_u, p_c = 2^(a_v) / z_v with a = x c2 - m, and
+        # softmax(s)_c = 2^(s_c log2 e - m_s) / z_s = (2^(a_u))^T 2^(T m_u - m_s) / z_s
+        w_q = rest_w / z_u
+        w_p = rest_w / z_v
+        w_ce = tl.zeros([ROWS], tl.float32)
+        m_s_row = tl.zeros([ROWS], tl.float32)
         if HAS_TARGET:
-            grad_s += _ce_grad(s, cols, y, s_max, s_log_sum, ce_weight)
-            grad_top_s += _ce_grad(top_s, top_idx, y, s_max, s_log_sum, ce_weight)
-        _store_grad(grad_s_ptr + row * stride_gs_row, cols, grad_s, scale, counted, rest)
-        _store_grad(grad_s_ptr + row * stride_gs_row, top_idx, grad_top_s, scale, counted,
-                    in_top)
-    if TEACHER_GRAD:
-        _store_grad(grad_t_ptr + row * stride_gt_row, cols, grad_t, scale, counted, rest)
-        _store_grad(grad_t_ptr + row * stride_gt_row, top_idx, grad_top_t, scale, counted,
-                    in_top)
+            m_s_row = m_s
+            if T_POW == 0:
+                w_ce = ce_w / z_s
+            else:
+                w_ce = ce_w * tl.exp2(T_POW * m_u - m_s) / z_s  # integers: exact exponent
+        # teacher: p (ln 2 (a_v - a_u) + ln 2 (log2 z_u - log2 z_v) - KL)
+        t_shift = LN2 * (lz_u - lz_v) - kl_rest
+        gs_start = (rows_in * stride_gs_row)[:, None, None]
+        gt_start = (rows_in * stride_gt_row)[:, None, None]
+        row3 = (counted[:, None, None], m_u[:, None, None], m_v[:, None, None],
+                m_s_row[:, None, None], w_q[:, None, None], w_p[:, None, None],
+                w_ce[:, None, None], t_shift[:, None, None])
+        ok3 = row_ok[:, None, None]
+        for pair in range(n_full // 2):  # trips: C // (LANES * VEC) // 2
+            _grad_step(grad_s_ptr, grad_t_ptr, student_ptr, teacher_ptr, s_start, t_start,
+                       gs_start, gt_start, stride_s_col, stride_t_col, 2 * pair, C, ok3, c2,
+                       *row3, HAS_TARGET, STUDENT_GRAD, TEACHER_GRAD, LANES, VEC, T_POW,
+                       False, S_PACKED, T_PACKED)
+            _grad_step(grad_s_ptr, grad_t_ptr, student_ptr, teacher_ptr, s_start, t_start,
+                       gs_start, gt_start, stride_s_col, stride_t_col, 2 * pair + 1, C, ok3,
+                       c2, *row3, HAS_TARGET, STUDENT_GRAD, TEACHER_GRAD, LANES, VEC, T_POW,
+                       False, S_PACKED, T_PACKED)
+        if n_full % 2 == 1:  # runs: C // (LANES * VEC) % 2
+            _grad_step(grad_s_ptr, grad_t_ptr, student_ptr, teacher_ptr, s_start, t_start,
+                       gs_start, gt_start, stride_s_col, stride_t_col, n_full - 1, C, ok3, c2,
+                       *row3, HAS_TARGET, STUDENT_GRAD, TEACHER_GRAD, LANES, VEC, T_POW,
+                       False, S_PACKED, T_PACKED)
+        if has_tail:  # runs: C % (LANES * VEC) > 0
+            _grad_step(grad_s_ptr, grad_t_ptr, student_ptr, teacher_ptr, s_start, t_start,
+                       gs_start, gt_start, stride_s_col, stride_t_col, n_full, C, ok3,
+                       c2, *row3, HAS_TARGET, STUDENT_GRAD, TEACHER_GRAD, LANES, VEC, T_POW,
+                       True, S_PACKED, T_PACKED)
+
+        # The selected classes and the target get their own values once every thread's
+        # sweep (which wrote the remaining-class formula there too) has landed.
+        tl.debug_barrier()
+        in_top = in_top & row_ok[:, None]
+        keep = counted[:, None]
+        if STUDENT_GRAD:
+            g_top = grad_top_s * scale
+            if HAS_TARGET:
+                g_top += (ce_w / z_s)[:, None] * tl.exp2(tl.fma(top_s, LOG2E, -m_s[:, None])) - \
+                    tl.where(top_c == y[:, None], ce_w, 0.0)
+                # the target, when it is not among the selected classes
+                y_rest = counted & (tl.max((top_c == y[:, None]).to(tl.int32), axis=1) == 0)
+                t_y = tl.load(teacher_ptr + t_row + y_safe * stride_t_col).to(tl.float32)
+                g_y = w_q * tl.exp2(tl.fma(s_y, c2, -m_u)) - \
+                    w_p * tl.exp2(tl.fma(t_y, c2, -m_v)) + \
+                    (ce_w / z_s) * tl.exp2(tl.fma(s_y, LOG2E, -m_s)) - ce_w
+                tl.store(grad_s_ptr + rows * stride_gs_row + y_safe,
+                         g_y.to(grad_s_ptr.dtype.element_ty), mask=y_rest)
+            tl.store(grad_s_ptr + rows[:, None] * stride_gs_row + top_c,
+                     tl.where(keep, g_top, 0.0).to(grad_s_ptr.dtype.element_ty), mask=in_top)
+        if TEACHER_GRAD:
+            tl.store(grad_t_ptr + rows[:, None] * stride_gt_row + top_c,
+                     tl.where(keep, grad_top_t * scale, 0.0).to(grad_t_ptr.dtype.element_ty),
+                     mask=in_top)
+
+
+def _row_align(tensor: torch.Tensor, vec: int) -> int:
+    """The largest power of two, at most ``vec``, that divides the row stride: with it (and
+    Triton's own 16-byte pointer check) rows start 16-byte aligned for the compiler."""
+    align = vec
+    while align > 1 and tensor.stride(0) % align:
+        align //= 2
+    return align
+
+
+def _packed(tensor: torch.Tensor, vec: int) -> bool:
+    """Whether the kernel may read ``tensor`` as 32-bit words of two bfloat16 classes:
+    contiguous classes, rows and base at even elements."""
+    return (tensor.dtype == torch.bfloat16 and tensor.stride(1) == 1 and vec % 2 == 0
+            and tensor.stride(0) % 2 == 0 and tensor.data_ptr() % 4 == 0)
+
+
+def integer_temperature(temperature: float) -> int:
+    """T itself when the kernel raises 2^(u - m) to the T-th power by multiplying (T = 1, 2,
+    4), else 0 (then the cross-entropy takes an exponential of its own per class)."""
+    return int(temperature) if temperature in (1.0, 2.0, 4.0) else 0
 
 
 def ldrld_rows(
@@ -131,12 +575,14 @@ def ldrld_rows(
     need_student_grad: bool,
     need_teacher_grad: bool,
     grad_scale: torch.Tensor | None = None,
+    *,
+    launch: FusedLaunch | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Same contract as ``torch_path.ldrld_rows``: row losses (float32), per-row parts and
-    the gradients of the row losses (times ``grad_scale``) in the inputs' dtypes, from one
-    kernel launch."""
+    the gradients of the row losses (times ``grad_scale``) in the inputs' dtypes. One launch
+    up to ``policy.MAX_FUSED`` classes; ``launch`` overrides the policy's configuration."""
     rows, num_classes = student.shape
-    if num_classes > MAX_FUSED:
+    if not uses_fused(num_classes):
         from ldrld_kernels import triton_chunked
 
         return triton_chunked.ldrld_rows(student, teacher, target, config, need_student_grad,
@@ -146,22 +592,58 @@ def ldrld_rows(
                                                        need_teacher_grad)
     if rows == 0:
         return row_loss, parts, grad_s, grad_t
-    block = triton.next_power_of_2(num_classes)
-    _ldrld_fused_kernel[(rows,)](
-        row_loss, parts,
-        grad_s if grad_s is not None else row_loss,
-        grad_t if grad_t is not None else row_loss,
-        student, teacher, target if target is not None else row_loss,
-        grad_scale if grad_scale is not None else row_loss,
-        student.stride(0), student.stride(1), teacher.stride(0), teacher.stride(1),
-        num_classes if grad_s is None else grad_s.stride(0),
-        num_classes if grad_t is None else grad_t.stride(0),
-        num_classes, config.k,
-        config.temperature, config.alpha, config.beta, config.ce_weight,
-        config.adw_scale, config.adw_decay, config.adw_offset, config.ignore_index,
+    launch = launch or fused_launch(num_classes, student.element_size(),
+                                    teacher.element_size())
+    grid = (triton.cdiv(rows, launch.rows),)
+    _ldrld_fused_kernel[grid](
+        loss_ptr=row_loss, parts_ptr=parts,
+        grad_s_ptr=grad_s if grad_s is not None else row_loss,
+        grad_t_ptr=grad_t if grad_t is not None else row_loss,
+        student_ptr=student, teacher_ptr=teacher,
+        target_ptr=target if target is not None else row_loss,
+        grad_scale_ptr=grad_scale if grad_scale is not None else row_loss,
+        stride_s_row=student.stride(0), stride_s_col=student.stride(1),
+        stride_t_row=teacher.stride(0), stride_t_col=teacher.stride(1),
+        stride_gs_row=num_classes if grad_s is None else grad_s.stride(0),
+        stride_gt_row=num_classes if grad_t is None else grad_t.stride(0),
+        n_rows=rows, C=num_classes, k=config.k,
+        T=config.temperature, alpha=config.alpha, beta=config.beta,
+        ce_weight=config.ce_weight, adw_scale=config.adw_scale, adw_decay=config.adw_decay,
+        adw_offset=config.adw_offset, ignore_index=config.ignore_index,
         HAS_TARGET=target is not None, RANK_BY_TEACHER=config.rank_by == "teacher",
         STUDENT_GRAD=grad_s is not None, TEACHER_GRAD=grad_t is not None,
-        SCALE_GRAD=grad_scale is not None, BLOCK_C=block, K_PAD=triton.next_power_of_2(config.k),
-        num_warps=num_warps_for(block),
+        SCALE_GRAD=grad_scale is not None,
+        ROWS=launch.rows, LANES=launch.lanes, VEC=launch.vec, KPL=launch.candidates,
+        K_PAD=triton.next_power_of_2(config.k),
+        ROW_ALIGN=min(_row_align(student, launch.vec), _row_align(teacher, launch.vec)),
+        T_POW=integer_temperature(config.temperature),
+        S_PACKED=_packed(student, launch.vec), T_PACKED=_packed(teacher, launch.vec),
+        num_warps=launch.num_warps,
     )
     return row_loss, parts, grad_s, grad_t
+
+
+def profile_hints(kernel_name: str, args: dict) -> dict[str, float]:
+    """For ``ldrld profile``: how often the exact selection runs, simulated on random normal
+    logits (1024 rows): the fraction of programs in which a group that fell off some
+    thread's list reaches its row's k best."""
+    if kernel_name != "_ldrld_fused_kernel":
+        return {}
+    classes, k, lanes, vec, kpl, rows = (args["C"], args["k"], args["LANES"], args["VEC"],
+                                         args["KPL"], args["ROWS"])
+    samples = 1024
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(samples, classes, generator=generator)
+    groups = -(-classes // vec)
+    keys = torch.nn.functional.pad(logits, (0, groups * vec - classes), value=-float("inf"))
+    keys = keys.reshape(samples, groups, vec).amax(dim=2)
+    # group g belongs to thread g % lanes, which keeps its kpl best groups
+    by_thread = torch.nn.functional.pad(keys, (0, -groups % lanes), value=-float("inf"))
+    by_thread = by_thread.reshape(samples, -1, lanes).sort(dim=1, descending=True).values
+    dropped = by_thread[:, kpl:, :].amax(dim=1) if by_thread.shape[1] > kpl else None
+    if dropped is None:
+        return {"exact_selection": 0.0}
+    kth = keys.topk(min(k, groups), dim=1).values[:, -1:]
+    unsure = ((dropped >= kth) & (dropped > -float("inf"))).any(dim=1)
+    programs = unsure[: samples - samples % rows].reshape(-1, rows).any(dim=1)
+    return {"exact_selection": programs.float().mean().item()}

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import ldrld_kernels as lk
-from ldrld_kernels import triton_chunked, triton_fused
+from ldrld_kernels import policy, triton_chunked
 from tests.helpers import (
     DEVICE,
     assert_matches,
@@ -31,7 +31,7 @@ def loss_and_grads(backend, student, teacher, target=None, **kwargs):
 def width(request, monkeypatch):
     """Classes per row: one program per row, or the chunked kernels (shrunk to small sizes)."""
     if request.param == "chunked":
-        monkeypatch.setattr(triton_fused, "MAX_FUSED", 64)
+        monkeypatch.setattr(policy, "MAX_FUSED", 64)
         monkeypatch.setattr(triton_chunked, "BLOCK_C", 128)
         monkeypatch.setattr(triton_chunked, "_programs_to_fill", lambda device: 8)
         return 700

@@ -12,7 +12,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ldrld_kernels import triton_chunked, triton_fused
+from ldrld_kernels import policy, triton_chunked
 from ldrld_kernels.check import compare_with_reference
 from tests.helpers import DEVICE, requires_triton
 
@@ -70,14 +70,14 @@ def check(backend, problem):
 @contextlib.contextmanager
 def chunked(enabled: bool):
     """Send rows past 64 classes to the chunked kernels, in chunks of 128 over 3 ranges."""
-    saved = triton_fused.MAX_FUSED, triton_chunked.BLOCK_C, triton_chunked._programs_to_fill
+    saved = policy.MAX_FUSED, triton_chunked.BLOCK_C, triton_chunked._programs_to_fill
     if enabled:
-        triton_fused.MAX_FUSED, triton_chunked.BLOCK_C = 64, 128
+        policy.MAX_FUSED, triton_chunked.BLOCK_C = 64, 128
         triton_chunked._programs_to_fill = lambda device: 3
     try:
         yield
     finally:
-        triton_fused.MAX_FUSED, triton_chunked.BLOCK_C, triton_chunked._programs_to_fill = saved
+        policy.MAX_FUSED, triton_chunked.BLOCK_C, triton_chunked._programs_to_fill = saved
 
 
 @given(problems(float64=True))

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import ldrld_kernels as lk
-from ldrld_kernels import torch_path, triton_chunked, triton_fused
+from ldrld_kernels import policy, torch_path, triton_chunked, triton_fused
 from ldrld_kernels.config import LossConfig
 from tests.helpers import DEVICE, assert_matches, random_logits, random_target, requires_triton
 
@@ -24,7 +24,7 @@ def small_chunks(monkeypatch):
     ``programs / rows`` per row."""
 
     def configure(programs=1):
-        monkeypatch.setattr(triton_fused, "MAX_FUSED", 64)
+        monkeypatch.setattr(policy, "MAX_FUSED", 64)
         monkeypatch.setattr(triton_chunked, "BLOCK_C", 128)
         monkeypatch.setattr(triton_chunked, "_programs_to_fill", lambda device: programs)
 
