@@ -8,11 +8,21 @@ program. Wider rows go to the chunked kernels (``triton_chunked``).
 Why these numbers:
 - ``vec``: the elements of one 16-byte (128-bit) access of the widest input, which is also
   the group of the kernel's two-level top-k selection.
-- ``lanes``: enough threads per row that each handles about ``ELEMENTS_PER_THREAD`` classes.
-  The per-row work (selection rounds, reductions, the k x k pair tile) then costs a few
-  instructions per element, and the row's bytes that a program re-reads from L2 while it
-  streams three times stay bounded: 132 SMs x 16 resident warps x 32 threads x 128 classes x
-  4 bytes (bfloat16 student and teacher) is 35 MB, under the 50 MB L2 of an H100.
+- ``lanes``: the largest power of two that gives each thread at least
+  ``ELEMENTS_PER_THREAD`` classes (bfloat16; half as many in float32, the same bytes), so
+  between 256 and 511. The per-row work (selection rounds, per-row reductions, the k x k
+  pair tile) is then a few instructions per element (``ldrld profile``: 42-47 per element
+  in bfloat16 from 4,096 to 65,536 classes; 8 threads per row would give 44 at 4,096, 32
+  threads 52).
+- HBM traffic model: the kernel reads a row three times (the ranking logits, then both
+  tensors twice) and needs the second and third reads to come from L2. On average about 60%
+  of a row's bytes are waiting for a re-read while it streams, so an SM holds about
+  (resident threads) x (classes per thread) x 2.4 bytes (bfloat16) for later: 512 threads x
+  256 to 511 classes is 315 to 630 KB, 41 to 83 MB over 132 SMs, against 50 MB of L2 on an
+  H100 (60 on an H200). The top of that range (32,000 classes: 500 per thread) will read
+  part of the second and third passes from HBM; fewer classes per thread would cost per-row
+  instructions instead (49 per element at 32,000 with 250). ``benchmarks/gpu_check.sh``
+  measures the DRAM bytes with ncu.
 - ``rows``: the rest of the program's threads take further rows; a row spans at most
   ``MAX_WARPS`` warps.
 - ``candidates``: per thread, the best groups it keeps while streaming (``KPL`` in the
@@ -21,17 +31,16 @@ Why these numbers:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-
-import triton
 
 # One program streams any row up to this width; past it the chunked kernels split a row over
 # several programs so that a few rows still fill the GPU.
 MAX_FUSED = 65536
-# Classes per thread that amortize the per-row work (bfloat16; float32 takes half as many,
-# which keeps the bytes in flight the same).
+# The fewest classes per thread (bfloat16; float32 takes half as many, the same bytes).
 ELEMENTS_PER_THREAD = 256
 MAX_WARPS = 16
+MIN_LANES = 8
 THREADS_PER_WARP = 32
 # Warps of a program whose rows are narrower than a warp: 16 resident warps per SM then need
 # 4 programs per SM, which the registers allow.
@@ -49,6 +58,12 @@ class FusedLaunch:
     num_warps: int
 
     @property
+    def max_registers(self) -> int:
+        """Registers per thread that still let 16 warps (512 threads) reside on an SM: ptxas
+        caps a 16-warp program lower on its own, and spills."""
+        return 65536 // max(16, self.num_warps) // THREADS_PER_WARP
+
+    @property
     def block(self) -> int:
         """Classes of one row per chunk."""
         return self.lanes * self.vec
@@ -61,8 +76,9 @@ def fused_launch(num_classes: int, student_itemsize: int, teacher_itemsize: int,
     vec = 16 // max(student_itemsize, teacher_itemsize)
     per_thread = ELEMENTS_PER_THREAD * 2 // max(student_itemsize, teacher_itemsize)
     if lanes is None:
-        lanes = triton.next_power_of_2(max(1, num_classes // per_thread))
-        lanes = min(max(lanes, 8), MAX_WARPS * THREADS_PER_WARP)
+        # the largest power of two that gives each thread at least per_thread classes
+        lanes = 1 << max(0, math.floor(math.log2(max(num_classes / per_thread, 1.0))))
+        lanes = min(max(lanes, MIN_LANES), MAX_WARPS * THREADS_PER_WARP)
     num_warps = max(SMALL_ROW_WARPS, lanes // THREADS_PER_WARP)
     rows = num_warps * THREADS_PER_WARP // lanes
     # the exact fallback runs when a thread holds more than `candidates` of the row's k best

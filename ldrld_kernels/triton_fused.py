@@ -1,37 +1,41 @@
 """Fused Triton kernel: one launch computes the LDRLD row losses and their gradients for rows
 of up to ``policy.MAX_FUSED`` classes.
 
-A program takes ROWS rows as a [ROWS, LANES, VEC] tile: LANES threads per row, each reading
-VEC consecutive classes (one 16-byte access) per chunk of LANES x VEC classes. Each thread
-keeps running statistics of its own classes and combines them with the row's other threads
-once per row, so no reduction runs per chunk. The row is streamed three times (the second
-and third reads come from L2/L1):
+Layout. A program takes ROWS rows as a [ROWS, LANES, VEC] tile: LANES threads per row, each
+reading VEC consecutive classes (one 16-byte access) per chunk of LANES x VEC classes.
+Positions in a row are shifted by h = (row start mod VEC) when rows are not 16-byte aligned
+(odd vocabularies such as 50,257), so that every chunk but the first and the last is
+aligned: class c sits at position c + h. Each thread keeps running statistics of its own
+classes and combines them with the row's other threads once per row: no reduction runs per
+chunk. The row is streamed three times, the second and third reads from L2:
 
-1. Selection. Classes come in groups of VEC consecutive ones; a group's key is its best
-   ranking logit (ties to the smaller group, i.e. the smaller class index). The exact top-k
-   classes lie in the k groups with the best keys: every top-k class c is in some group g,
-   and if k other groups ranked above g, their k best classes would all rank above c.
-   While streaming, each thread keeps its KPL best groups; the row's k best groups are the
-   best k of those, and they are exact unless some thread's KPL-th kept group made the
-   row's k, in which case a group it dropped might belong there too. Then (rarely on real
-   data) the program redoes the selection exactly, k streaming rounds of "best group ranked
-   after the previous one". The k winning groups (k x VEC classes, re-read from L1/L2)
-   give the exact top-k in rank order by k rounds of (max, smaller index).
-2. Statistics of the remaining classes. A group among the k winners is left out with one
-   comparison of its key against the k-th winner's; its classes that were not selected are
-   added back per row from the gathered winners. With u = s / T and v = t / T in base-2
-   units, each thread keeps, per row, sum 2^(u - m_u), sum 2^(v - m_v), sum 2^(v - m_v)
-   (v - u) and the cross-entropy's sum 2^(s log2 e - m_s), its maxima m_* moved only by
-   whole powers of two (integer offsets, so that rescaling is an exponent shift, not an
-   exp). When T is a small integer, 2^(s log2 e - T m_u) = (2^(u - m_u))^T: the
-   cross-entropy takes no exponential of its own. Then
-       KL_rest = ln 2 (W / Z_v - L_v + L_u),  L = m + log2 Z,  CE = ln 2 L_s - s_y.
-3. Gradients. Every class of the row is written with one vectorized store,
-       d/ds_c = beta T (2^(u_c - L_u) - 2^(v_c - L_v)) + ce_weight 2^(s_c log2 e - L_s)
-       d/dt_c = beta T p_c (ln 2 ((v_c - L_v) - (u_c - L_u)) - KL_rest),
-   then, after a block barrier, the k selected classes and the target class are written
-   again with their own values (the local term, ``triton_common._local_term``, and the
-   one-hot of the cross-entropy).
+1. Selection. Positions come in groups of VEC; a group's key is its best ranking logit,
+   groups ordered by position (ties to the smaller group, i.e. the smaller class). The exact
+   top-k classes lie in the k groups with the best keys: if a top-k class c sat in a group
+   g ranked below k others, those k groups' best classes would all rank above c. While
+   streaming, each thread keeps its KPL best groups, sorted, and the best key that fell off
+   its list; the row's k best groups are the best k of the threads' lists, exact unless a
+   key that fell off ranks with them. Then (about 0.1% of rows of random logits; the
+   profile simulates it) the program redoes the selection exactly: k streaming rounds, each
+   the best group ranked after the previous winner. The k winning groups (k x VEC classes,
+   gathered from L1/L2) give the exact top-k in rank order by k rounds of (max, smaller
+   index).
+2. Statistics of the remaining classes. A winning group is left out with one comparison of
+   its key with the k-th winner's; its classes that were not selected are added back per
+   row from the gathered groups. With a = x log2(e) / T - m in base 2 (one fma), each thread
+   keeps for its row z_u = sum 2^a_u, z_v = sum 2^a_v, w = sum 2^a_v (a_v - a_u) and the
+   cross-entropy's z_s = sum 2^(s log2 e - m_s), against offsets m that are whole numbers:
+   moving one is an exponent shift, not an exponential, and with logits of 1e4 the
+   exponents keep every bit. When T is 1, 2 or 4, 2^(s log2 e - T m_u) = (2^a_u)^T: the
+   cross-entropy needs no exponential of its own. Per row
+       KL_rest = ln 2 (w / z_v - (log2 z_v - log2 z_u))      (a against the row's offsets)
+       CE = ln 2 (m_s + log2 z_s) - s_y.
+3. Gradients. Every class of the row is written by one vectorized sweep,
+       d/ds_c = beta T (2^a_u / z_u - 2^a_v / z_v) + ce_weight softmax(s)_c
+       d/dt_c = beta T p_c (ln 2 (a_v - a_u) + ln 2 (log2 z_u - log2 z_v) - KL_rest),
+   rows that do not count getting zeros; then, after a block barrier, the k selected
+   classes and the target get their own values (the local term,
+   ``triton_common._local_term_rows``, and the one-hot of the cross-entropy).
 Gradients are stored already multiplied by the mean's 1 / count; backward only scales them
 (``api._LDRLDFunction``) and skips that when the upstream gradient is 1.
 """
@@ -46,54 +50,91 @@ from ldrld_kernels.config import LossConfig
 from ldrld_kernels.policy import FusedLaunch, fused_launch, uses_fused
 from ldrld_kernels.triton_common import (
     LN2,
+    LOG2E,
     _grad_scale,
     _local_term_rows,
     _log2,
     allocate_outputs,
 )
 
-LOG2E = tl.constexpr(1.4426950408889634)
-
 NO_GROUP = tl.constexpr(2**30)  # group id of an empty candidate slot (ranks last)
 
 
+# ---- Loading ---------------------------------------------------------------------------------
+
+
 @triton.jit
-def _load_tile(ptr, row_start, cols, mask, stride_col):
-    """Float32 logits at ``row_start + cols`` (-inf outside ``mask``); 64-bit offsets."""
-    return tl.load(ptr + row_start + cols.to(tl.int64) * stride_col, mask=mask,
+def _positions(chunk, LANES: tl.constexpr, VEC: tl.constexpr):
+    """Positions of one chunk as a [1, LANES, VEC] tile."""
+    lane = tl.arange(0, LANES)[None, :, None]
+    return chunk * (LANES * VEC) + lane * VEC + tl.arange(0, VEC)[None, None, :]
+
+
+@triton.jit
+def _load(ptr, base, pos, mask, stride_col):
+    """Float32 logits at positions ``pos`` of rows starting at ``base`` (position 0), -inf
+    outside ``mask``; 64-bit offsets."""
+    return tl.load(ptr + base + pos.to(tl.int64) * stride_col, mask=mask,
                    other=-float("inf")).to(tl.float32)
 
 
 @triton.jit
-def _load_chunk(ptr, row_start, chunk, C, stride_col, LANES: tl.constexpr, VEC: tl.constexpr,
-                TAIL: tl.constexpr, PACKED: tl.constexpr):
-    """Chunk ``chunk`` of a row's logits in float32, [ROWS, LANES, VEC]. Rows past the end
-    were clamped to the last row, so a full chunk needs no mask (and no fill value: the
-    accesses stay 16 bytes wide); the tail chunk is -inf past C. PACKED: contiguous
-    bfloat16 read as 32-bit words of two classes, widened with one shift or one and-mask
-    per class (a bfloat16 is the high half of a float32)."""
-    if TAIL:
-        cols = _chunk_cols(chunk, LANES, VEC)
-        x = tl.load(ptr + row_start + cols.to(tl.int64) * stride_col, mask=cols < C,
-                    other=-float("inf")).to(tl.float32)
+def _load_chunk(ptr, base, chunk, shift, C, stride_col, LANES: tl.constexpr,
+                VEC: tl.constexpr, MASKED: tl.constexpr, PACKED: tl.constexpr,
+                VECTOR: tl.constexpr):
+    """Chunk ``chunk`` of the rows' logits in float32, [ROWS, LANES, VEC], -inf outside the
+    rows. A full chunk (MASKED False) lies inside every row of the tile (rows past the end
+    were clamped to the last one): no mask, no fill value. A masked chunk (the first when
+    shifted, the last ones) with VECTOR rows (aligned 16-byte groups, contiguous classes)
+    reads every group that holds a class of the row whole, 16 bytes at once, and then
+    selects: a 16-byte aligned block that holds a valid element cannot cross a page, so the
+    few bytes read past a row's ends are harmless. PACKED: contiguous bfloat16 read as
+    32-bit words of two classes, widened with one shift or one and-mask per class (a bfloat16
+    is the high half of a float32)."""
+    pos = _positions(chunk, LANES, VEC)
+    if MASKED:
+        inside = (pos >= shift) & (pos < C + shift)
+        if VECTOR:
+            group = chunk * LANES + tl.arange(0, LANES)[None, :, None]
+            touched = (group * VEC < C + shift) & (group * VEC + VEC > shift)
+            x = tl.load(ptr + base + pos, mask=touched, other=-float("inf")).to(tl.float32)
+            x = tl.where(inside, x, -float("inf"))
+        else:
+            x = _load(ptr, base, pos, inside, stride_col)
     elif PACKED:
         words = chunk * (LANES * VEC // 2) + tl.arange(0, LANES)[None, :, None] * (VEC // 2) + \
             tl.arange(0, VEC // 2)[None, None, :]
-        w = tl.load(ptr.to(tl.pointer_type(tl.int32)) + row_start // 2 + words)
+        w = tl.load(ptr.to(tl.pointer_type(tl.int32)) + base // 2 + words)
         low = (w << 16).to(tl.float32, bitcast=True)
         high = (w & -65536).to(tl.float32, bitcast=True)
         x = tl.reshape(tl.join(low, high), [w.shape[0], LANES, VEC])
     else:
-        cols = _chunk_cols(chunk, LANES, VEC)
-        x = tl.load(ptr + row_start + cols.to(tl.int64) * stride_col).to(tl.float32)
+        x = tl.load(ptr + base + pos.to(tl.int64) * stride_col).to(tl.float32)
     return x
 
 
 @triton.jit
+def _load_groups(ptr, base, groups, valid, shift, C, stride_col, VEC: tl.constexpr,
+                 VECTOR: tl.constexpr):
+    """The classes of the groups ``groups`` ([ROWS, N], ``valid`` ones only) as a
+    [ROWS, N, VEC] tile of float32 logits, -inf outside the rows; with VECTOR rows, whole
+    16-byte groups (see ``_load_chunk``)."""
+    pos = tl.where(valid, groups, 0)[:, :, None] * VEC + tl.arange(0, VEC)[None, None, :]
+    inside = valid[:, :, None] & (pos >= shift) & (pos < C + shift)
+    if VECTOR:
+        x = tl.load(ptr + base + pos, mask=valid[:, :, None], other=-float("inf"))
+        return tl.where(inside, x.to(tl.float32), -float("inf"))
+    return _load(ptr, base, pos, inside, stride_col)
+
+
+# ---- Selection -------------------------------------------------------------------------------
+
+
+@triton.jit
 def _insert(v0, g0, v1, g1, v2, g2, v3, g3, v4, g4, dropped, x, gx, KPL: tl.constexpr):
-    """Insert group key (x, gx) into a thread's sorted list of its KPL best groups, and keep
-    the best value that fell off the list in ``dropped``. Groups arrive in increasing id,
-    so a tie never displaces an earlier group: only x > v counts."""
+    """Insert group key (x, gx) into a thread's sorted list of its KPL (3 to 5) best groups,
+    and keep the best value that fell off the list in ``dropped``. Groups arrive in
+    increasing id, so a tie never displaces an earlier group: only x > v counts."""
     if KPL == 5:
         dropped = tl.maximum(dropped, tl.minimum(x, v4))
         b4 = x > v4
@@ -116,6 +157,17 @@ def _insert(v0, g0, v1, g1, v2, g2, v3, g3, v4, g4, dropped, x, gx, KPL: tl.cons
 
 
 @triton.jit
+def _select_step(ptr, base, chunk, shift, C, stride_col, v0, g0, v1, g1, v2, g2, v3, g3, v4,
+                 g4, dropped, LANES: tl.constexpr, VEC: tl.constexpr, KPL: tl.constexpr,
+                 MASKED: tl.constexpr, PACKED: tl.constexpr, VECTOR: tl.constexpr):
+    key = _load_chunk(ptr, base, chunk, shift, C, stride_col, LANES, VEC, MASKED, PACKED,
+                      VECTOR)
+    group = chunk * LANES + tl.arange(0, LANES)[None, :]
+    return _insert(v0, g0, v1, g1, v2, g2, v3, g3, v4, g4, dropped, tl.max(key, axis=2), group,
+                   KPL)
+
+
+@triton.jit
 def _best_group(values, groups):
     """Per row: the best (value, group) of a [ROWS, N] tile, ties to the smaller group."""
     best = tl.max(values, axis=1)
@@ -128,103 +180,23 @@ def _ranks_at_or_above(value, group, theta_value, theta_group):
     return (value > theta_value) | ((value == theta_value) & (group <= theta_group))
 
 
+# ---- Statistics ------------------------------------------------------------------------------
+
+
 @triton.jit
 def _pow2_int(d):
-    """2^d for a float holding an integer d <= 0, exactly, without an exponential: the float
-    with exponent field d + 127 (0 below 2^-126)."""
+    """2^d for a float holding a whole number d <= 0, exactly and without an exponential:
+    the float whose exponent field is d + 127 (0 below 2^-126)."""
     d = tl.maximum(d, -127.0).to(tl.int32)
     return ((d + 127) << 23).to(tl.float32, bitcast=True)
 
 
 @triton.jit
 def _rescale(offset, group_max):
-    """Move a running integer offset up to cover ``group_max``: (new offset, factor that
+    """Move a whole-number offset up to cover ``group_max``: (new offset, the factor that
     rescales sums taken against the old one)."""
     new = tl.maximum(offset, tl.math.ceil(group_max))
     return new, _pow2_int(offset - new)
-
-
-@triton.jit
-def _combine(offset, total, axis: tl.constexpr):
-    """Per row, the threads' (offset, sum 2^(x - offset)) as one (max, sum 2^(x - max))."""
-    m = tl.max(offset, axis=axis)
-    m_safe = tl.where(m == -float("inf"), 0.0, m)
-    return m, tl.sum(total * tl.exp2(offset - tl.expand_dims(m_safe, axis)), axis=axis)
-
-
-@triton.jit
-def _merge_classes(m, z, x, c2):
-    """Add the classes x ([ROWS, N], logits, -inf for none) to a per-row sum kept as
-    (integer base-2 offset m, z = sum 2^(x c2 - m)): the new (m, z) and the factor that
-    rescaled z."""
-    new = tl.maximum(m, tl.math.ceil(tl.max(x, axis=1) * c2))
-    factor = _pow2_int(m - new)
-    return new, z * factor + tl.sum(tl.exp2(tl.fma(x, c2, -new[:, None])), axis=1), factor
-
-
-@triton.jit
-def _chunk_cols(chunk, LANES: tl.constexpr, VEC: tl.constexpr):
-    """Classes of one chunk as a [1, LANES, VEC] tile."""
-    lane = tl.arange(0, LANES)[None, :, None]
-    return chunk * (LANES * VEC) + lane * VEC + tl.arange(0, VEC)[None, None, :]
-
-
-@triton.jit
-def _select_step(key_ptr, key_start, key_stride, chunk, C, v0, g0, v1, g1, v2, g2, v3, g3, v4,
-                 g4, dropped, LANES: tl.constexpr, VEC: tl.constexpr, KPL: tl.constexpr,
-                 TAIL: tl.constexpr, KEY_PACKED: tl.constexpr):
-    key = _load_chunk(key_ptr, key_start, chunk, C, key_stride, LANES, VEC, TAIL, KEY_PACKED)
-    group = chunk * LANES + tl.arange(0, LANES)[None, :]
-    return _insert(v0, g0, v1, g1, v2, g2, v3, g3, v4, g4, dropped, tl.max(key, axis=2), group,
-                   KPL)
-
-
-@triton.jit
-def _stats_step(student_ptr, teacher_ptr, s_start, t_start, stride_s_col, stride_t_col, chunk,
-                C, c2, theta_v, theta_g, off_u, off_v, off_s, z_u, z_v, w, z_s,
-                HAS_TARGET: tl.constexpr, RANK_BY_TEACHER: tl.constexpr,
-                LANES: tl.constexpr, VEC: tl.constexpr, T_POW: tl.constexpr,
-                TAIL: tl.constexpr, S_PACKED: tl.constexpr, T_PACKED: tl.constexpr):
-    """One chunk of the remaining-class statistics (see the module docstring). ``c2`` is
-    log2(e) / T; ``w`` sums 2^a_v (a_v - a_u) with a = x c2 - offset, the offsets at the
-    time: a rescale moves it by the change of off_v - off_u."""
-    s = _load_chunk(student_ptr, s_start, chunk, C, stride_s_col, LANES, VEC, TAIL, S_PACKED)
-    t = _load_chunk(teacher_ptr, t_start, chunk, C, stride_t_col, LANES, VEC, TAIL, T_PACKED)
-    gm_s = tl.max(s, axis=2)
-    gm_t = tl.max(t, axis=2)
-    group = chunk * LANES + tl.arange(0, LANES)[None, :]
-    winner = _ranks_at_or_above(gm_t if RANK_BY_TEACHER else gm_s, group, theta_v, theta_g)
-    gm_s = tl.where(winner, -float("inf"), gm_s)
-    new_u = tl.maximum(off_u, tl.math.ceil(gm_s * c2))
-    new_v = tl.maximum(off_v, tl.math.ceil(tl.where(winner, -float("inf"), gm_t) * c2))
-    scale_u = _pow2_int(off_u - new_u)
-    scale_v = _pow2_int(off_v - new_v)
-    # sum e_v (a_v - a_u) against the new offsets: old terms move by the offsets' change
-    w = (w - ((new_v - off_v) - (new_u - off_u)) * z_v) * scale_v
-    off_u, off_v = new_u, new_v
-    # the exponent with one rounding (fma): with logits of 1e4, rounding x c2 first would be
-    # 1e-3 off in every exponent
-    a_u = tl.fma(s, c2, -off_u[:, :, None])
-    a_v = tl.fma(t, c2, -off_v[:, :, None])
-    e_u = tl.exp2(a_u)
-    e_v = tl.exp2(a_v)
-    # padding (-inf in both) has e_v = 0 and a_v - a_u = nan: max() drops the nan
-    group_w = tl.sum(e_v * tl.maximum(a_v - a_u, -3.0e38), axis=2)
-    z_u = z_u * scale_u + tl.where(winner, 0.0, tl.sum(e_u, axis=2))
-    z_v = z_v * scale_v + tl.where(winner, 0.0, tl.sum(e_v, axis=2))
-    w = w + tl.where(winner, 0.0, group_w)
-    if HAS_TARGET:
-        if T_POW == 0:
-            # a cross-entropy offset of its own, and an exponential per class
-            off_s, scale_s = _rescale(off_s, gm_s * LOG2E)
-            e_s = tl.exp2(tl.fma(s, LOG2E, -off_s[:, :, None]))
-        else:
-            # 2^(s log2 e - T off_u) = (2^(a_u))^T: no exponential
-            off_s = off_u * T_POW
-            scale_s = _int_power(scale_u, T_POW)
-            e_s = _int_power(e_u, T_POW)
-        z_s = z_s * scale_s + tl.where(winner, 0.0, tl.sum(e_s, axis=2))
-    return off_u, off_v, off_s, z_u, z_v, w, z_s
 
 
 @triton.jit
@@ -239,42 +211,172 @@ def _int_power(x, T_POW: tl.constexpr):
 
 
 @triton.jit
-def _grad_step(grad_s_ptr, grad_t_ptr, student_ptr, teacher_ptr, s_start, t_start, gs_start,
-               gt_start, stride_s_col, stride_t_col, chunk, C, row_ok, c2, counted, m_u, m_v,
-               m_s, w_q, w_p, w_ce, t_shift, HAS_TARGET: tl.constexpr,
-               STUDENT_GRAD: tl.constexpr, TEACHER_GRAD: tl.constexpr, LANES: tl.constexpr,
-               VEC: tl.constexpr, T_POW: tl.constexpr, TAIL: tl.constexpr,
-               S_PACKED: tl.constexpr, T_PACKED: tl.constexpr):
-    """One chunk of the gradient sweep: the remaining-class formulas at every class. Rows
-    that do not count get zeros from a second store (a select would unpack the 16-bit
-    values)."""
-    cols = _chunk_cols(chunk, LANES, VEC)
-    s = _load_chunk(student_ptr, s_start, chunk, C, stride_s_col, LANES, VEC, TAIL, S_PACKED)
-    t = _load_chunk(teacher_ptr, t_start, chunk, C, stride_t_col, LANES, VEC, TAIL, T_PACKED)
-    if TAIL:
-        write = row_ok & (cols < C)
-    else:
-        write = tl.broadcast_to(row_ok, [row_ok.shape[0], LANES, VEC])
+def _stats_step(student_ptr, teacher_ptr, s_base, t_base, chunk, shift, C, stride_s_col,
+                stride_t_col, c2, theta_v, theta_g, off_u, off_v, off_s, z_u, z_v, w, z_s,
+                HAS_TARGET: tl.constexpr, RANK_BY_TEACHER: tl.constexpr,
+                LANES: tl.constexpr, VEC: tl.constexpr, T_POW: tl.constexpr,
+                MASKED: tl.constexpr, S_PACKED: tl.constexpr, T_PACKED: tl.constexpr,
+                VECTOR: tl.constexpr):
+    """One chunk of the remaining-class statistics. ``c2`` is log2(e) / T; ``w`` sums
+    2^a_v (a_v - a_u) against the offsets of the moment, so moving them moves w by z_v times
+    the change of off_v - off_u."""
+    s = _load_chunk(student_ptr, s_base, chunk, shift, C, stride_s_col, LANES, VEC, MASKED,
+                    S_PACKED, VECTOR)
+    t = _load_chunk(teacher_ptr, t_base, chunk, shift, C, stride_t_col, LANES, VEC, MASKED,
+                    T_PACKED, VECTOR)
+    gm_s = tl.max(s, axis=2)
+    gm_t = tl.max(t, axis=2)
+    group = chunk * LANES + tl.arange(0, LANES)[None, :]
+    winner = _ranks_at_or_above(gm_t if RANK_BY_TEACHER else gm_s, group, theta_v, theta_g)
+    gm_s = tl.where(winner, -float("inf"), gm_s)
+    new_u = tl.maximum(off_u, tl.math.ceil(gm_s * c2))
+    new_v = tl.maximum(off_v, tl.math.ceil(tl.where(winner, -float("inf"), gm_t) * c2))
+    scale_u = _pow2_int(off_u - new_u)
+    scale_v = _pow2_int(off_v - new_v)
+    w = (w - ((new_v - off_v) - (new_u - off_u)) * z_v) * scale_v
+    off_u, off_v = new_u, new_v
+    # the exponent with one rounding (fma): rounding x c2 first would cost 1e-3 per exponent
+    # at logits of 1e4
+    a_u = tl.fma(s, c2, -off_u[:, :, None])
+    a_v = tl.fma(t, c2, -off_v[:, :, None])
+    e_u = tl.exp2(a_u)
+    e_v = tl.exp2(a_v)
+    # padding (-inf in both) has e_v = 0 and a_v - a_u = nan: max() drops the nan
+    group_w = tl.sum(e_v * tl.maximum(a_v - a_u, -3.0e38), axis=2)
+    z_u = z_u * scale_u + tl.where(winner, 0.0, tl.sum(e_u, axis=2))
+    z_v = z_v * scale_v + tl.where(winner, 0.0, tl.sum(e_v, axis=2))
+    w = w + tl.where(winner, 0.0, group_w)
+    if HAS_TARGET:
+        if T_POW == 0:
+            # an offset of its own and an exponential per class
+            off_s, scale_s = _rescale(off_s, gm_s * LOG2E)
+            e_s = tl.exp2(tl.fma(s, LOG2E, -off_s[:, :, None]))
+        else:
+            off_s = off_u * T_POW
+            scale_s = _int_power(scale_u, T_POW)
+            e_s = _int_power(e_u, T_POW)
+        z_s = z_s * scale_s + tl.where(winner, 0.0, tl.sum(e_s, axis=2))
+    return off_u, off_v, off_s, z_u, z_v, w, z_s
+
+
+@triton.jit
+def _combine(offset, total):
+    """Per row, the threads' (whole-number offset, sum 2^(x - offset)) as one."""
+    m = tl.max(offset, axis=1)
+    return m, tl.sum(total * _pow2_int(offset - m[:, None]), axis=1)
+
+
+@triton.jit
+def _merge_classes(m, z, x, c2):
+    """Add classes x ([ROWS, N] logits, -inf for none) to per-row sums kept as (whole-number
+    base-2 offset m, z = sum 2^(x c2 - m)): the new (m, z) and the factor that rescaled z."""
+    new = tl.maximum(m, tl.math.ceil(tl.max(x, axis=1) * c2))
+    factor = _pow2_int(m - new)
+    return new, z * factor + tl.sum(tl.exp2(tl.fma(x, c2, -new[:, None])), axis=1), factor
+
+
+# ---- Gradients -------------------------------------------------------------------------------
+
+
+@triton.jit
+def _grad_values(s, t, c2, m_u, m_v, m_s, w_q, w_p, w_ce, t_shift, HAS_TARGET: tl.constexpr,
+                 STUDENT_GRAD: tl.constexpr, TEACHER_GRAD: tl.constexpr,
+                 T_POW: tl.constexpr):
+    """The remaining-class gradient formulas (see the module docstring) at logits s, t."""
     a_u = tl.fma(s, c2, -m_u)
     a_v = tl.fma(t, c2, -m_v)
     e_u = tl.exp2(a_u)
     e_v = tl.exp2(a_v)
+    g_s = tl.zeros_like(s)
+    g_t = tl.zeros_like(t)
     if STUDENT_GRAD:
-        g = e_u * w_q - e_v * w_p
+        g_s = e_u * w_q - e_v * w_p
         if HAS_TARGET:
             if T_POW == 0:
-                g += w_ce * tl.exp2(tl.fma(s, LOG2E, -m_s))
+                g_s += w_ce * tl.exp2(tl.fma(s, LOG2E, -m_s))
             else:
-                g += w_ce * _int_power(e_u, T_POW)
-        ptrs = grad_s_ptr + gs_start + cols
-        tl.store(ptrs, g.to(grad_s_ptr.dtype.element_ty), mask=write & counted)
-        tl.store(ptrs, tl.zeros_like(g).to(grad_s_ptr.dtype.element_ty), mask=write & ~counted)
+                g_s += w_ce * _int_power(e_u, T_POW)
     if TEACHER_GRAD:
         # padding has e_v = 0 and a_v - a_u = nan: max() drops the nan
-        g = e_v * w_p * tl.fma(tl.maximum(a_v - a_u, -3.0e38), LN2, t_shift)
-        ptrs = grad_t_ptr + gt_start + cols
-        tl.store(ptrs, g.to(grad_t_ptr.dtype.element_ty), mask=write & counted)
-        tl.store(ptrs, tl.zeros_like(g).to(grad_t_ptr.dtype.element_ty), mask=write & ~counted)
+        g_t = e_v * w_p * tl.fma(tl.maximum(a_v - a_u, -3.0e38), LN2, t_shift)
+    return g_s, g_t
+
+
+@triton.jit
+def _store_grads(grad_s_ptr, grad_t_ptr, gs_base, gt_base, pos, g_s, g_t, write, counted,
+                 STUDENT_GRAD: tl.constexpr, TEACHER_GRAD: tl.constexpr):
+    """Gradients where ``write``: the values in rows that count, zeros in the others (a
+    second store: a select would unpack the 16-bit values)."""
+    if STUDENT_GRAD:
+        ptrs = grad_s_ptr + gs_base + pos
+        tl.store(ptrs, g_s.to(grad_s_ptr.dtype.element_ty), mask=write & counted)
+        tl.store(ptrs, tl.zeros_like(g_s).to(grad_s_ptr.dtype.element_ty),
+                 mask=write & ~counted)
+    if TEACHER_GRAD:
+        ptrs = grad_t_ptr + gt_base + pos
+        tl.store(ptrs, g_t.to(grad_t_ptr.dtype.element_ty), mask=write & counted)
+        tl.store(ptrs, tl.zeros_like(g_t).to(grad_t_ptr.dtype.element_ty),
+                 mask=write & ~counted)
+
+
+@triton.jit
+def _grad_step(grad_s_ptr, grad_t_ptr, student_ptr, teacher_ptr, s_base, t_base, gs_base,
+               gt_base, chunk, shift, C, stride_s_col, stride_t_col, row_ok, c2, counted, m_u,
+               m_v, m_s, w_q, w_p, w_ce, t_shift, HAS_TARGET: tl.constexpr,
+               STUDENT_GRAD: tl.constexpr, TEACHER_GRAD: tl.constexpr, LANES: tl.constexpr,
+               VEC: tl.constexpr, T_POW: tl.constexpr, MASKED: tl.constexpr,
+               S_PACKED: tl.constexpr, T_PACKED: tl.constexpr, VECTOR: tl.constexpr):
+    """One chunk of the gradient sweep. With VECTOR rows a masked chunk writes only the
+    groups that lie wholly inside the row, 16 bytes at once; the two partial groups at the
+    row's ends are written by ``_grad_boundary``."""
+    s = _load_chunk(student_ptr, s_base, chunk, shift, C, stride_s_col, LANES, VEC, MASKED,
+                    S_PACKED, VECTOR)
+    t = _load_chunk(teacher_ptr, t_base, chunk, shift, C, stride_t_col, LANES, VEC, MASKED,
+                    T_PACKED, VECTOR)
+    g_s, g_t = _grad_values(s, t, c2, m_u, m_v, m_s, w_q, w_p, w_ce, t_shift, HAS_TARGET,
+                            STUDENT_GRAD, TEACHER_GRAD, T_POW)
+    pos = _positions(chunk, LANES, VEC)
+    if MASKED:
+        if VECTOR:
+            group = chunk * LANES + tl.arange(0, LANES)[None, :, None]
+            write = row_ok & (group * VEC >= shift) & (group * VEC + VEC <= C + shift)
+        else:
+            write = row_ok & (pos >= shift) & (pos < C + shift)
+    else:
+        write = tl.broadcast_to(row_ok, [row_ok.shape[0], LANES, VEC])
+    _store_grads(grad_s_ptr, grad_t_ptr, gs_base, gt_base, pos, g_s, g_t, write, counted,
+                 STUDENT_GRAD, TEACHER_GRAD)
+
+
+@triton.jit
+def _grad_boundary(grad_s_ptr, grad_t_ptr, student_ptr, teacher_ptr, s_base, t_base, gs_base,
+                   gt_base, shift, C, row_ok, c2, counted, m_u, m_v, m_s, w_q, w_p, w_ce,
+                   t_shift, HAS_TARGET: tl.constexpr, STUDENT_GRAD: tl.constexpr,
+                   TEACHER_GRAD: tl.constexpr, VEC: tl.constexpr, T_POW: tl.constexpr):
+    """The gradients of the two groups that hold a row's ends but not only its classes: the
+    first (positions below the shift) and the last ((C + shift) not a multiple of VEC); a
+    [ROWS, 2, VEC] tile, element by element."""
+    shift2 = shift[:, None]
+    ends = tl.arange(0, 2)[None, :]
+    last = (C + shift2 - 1) // VEC
+    groups = tl.where(ends == 0, 0, last)
+    # (a row inside one shifted group is written once, as the first)
+    partial = tl.where(ends == 0, shift2 > 0,
+                       ((C + shift2) % VEC != 0) & ((last > 0) | (shift2 == 0)))
+    s = _load_groups(student_ptr, s_base, groups, partial, shift[:, None, None], C, 1, VEC,
+                     True)
+    t = _load_groups(teacher_ptr, t_base, groups, partial, shift[:, None, None], C, 1, VEC,
+                     True)
+    g_s, g_t = _grad_values(s, t, c2, m_u, m_v, m_s, w_q, w_p, w_ce, t_shift, HAS_TARGET,
+                            STUDENT_GRAD, TEACHER_GRAD, T_POW)
+    pos = groups[:, :, None] * VEC + tl.arange(0, VEC)[None, None, :]
+    shift3 = shift[:, None, None]
+    write = row_ok & partial[:, :, None] & (pos >= shift3) & (pos < C + shift3)
+    _store_grads(grad_s_ptr, grad_t_ptr, gs_base, gt_base, pos, g_s, g_t, write, counted,
+                 STUDENT_GRAD, TEACHER_GRAD)
+
+
+# ---- The kernel ------------------------------------------------------------------------------
 
 
 @triton.jit
@@ -291,28 +393,40 @@ def _ldrld_fused_kernel(
     # flags
     HAS_TARGET: tl.constexpr, RANK_BY_TEACHER: tl.constexpr, STUDENT_GRAD: tl.constexpr,
     TEACHER_GRAD: tl.constexpr, SCALE_GRAD: tl.constexpr,
-    # layout (policy.FusedLaunch)
+    # layout (policy.FusedLaunch and the launcher's alignment checks)
     ROWS: tl.constexpr, LANES: tl.constexpr, VEC: tl.constexpr, KPL: tl.constexpr,
-    K_PAD: tl.constexpr, ROW_ALIGN: tl.constexpr, T_POW: tl.constexpr,
-    S_PACKED: tl.constexpr, T_PACKED: tl.constexpr,
+    K_PAD: tl.constexpr, ROW_ALIGN: tl.constexpr, SHIFTED: tl.constexpr, VECTOR: tl.constexpr,
+    S_PACKED: tl.constexpr, T_PACKED: tl.constexpr, T_POW: tl.constexpr,
 ):
     BLOCK: tl.constexpr = LANES * VEC
     rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
     row_ok = rows < n_rows
-    # rows past the end read the last row (their results are not stored): no load needs a
-    # row mask
+    # rows past the end read the last row (nothing of theirs is stored): no load needs a row
+    # mask
     rows_in = tl.minimum(rows, n_rows - 1)
-    s_row = tl.multiple_of(rows_in * stride_s_row, ROW_ALIGN)
-    t_row = tl.multiple_of(rows_in * stride_t_row, ROW_ALIGN)
-    s_start = s_row[:, None, None]
-    t_start = t_row[:, None, None]
+    if SHIFTED:
+        # every input and gradient row has the same stride: position p is at row start - h + p
+        shift = (rows_in * stride_s_row % VEC).to(tl.int32)
+        s_row = tl.multiple_of(rows_in * stride_s_row - shift, VEC)
+        t_row = tl.multiple_of(rows_in * stride_t_row - shift, VEC)
+    else:
+        shift = tl.zeros([ROWS], tl.int32)
+        s_row = tl.multiple_of(rows_in * stride_s_row, ROW_ALIGN)
+        t_row = tl.multiple_of(rows_in * stride_t_row, ROW_ALIGN)
+    shift3 = shift[:, None, None]
+    s_base = s_row[:, None, None]
+    t_base = t_row[:, None, None]
     key_ptr = teacher_ptr if RANK_BY_TEACHER else student_ptr
-    key_start = t_start if RANK_BY_TEACHER else s_start
+    key_base = t_base if RANK_BY_TEACHER else s_base
     key_stride = stride_t_col if RANK_BY_TEACHER else stride_s_col
     KEY_PACKED: tl.constexpr = T_PACKED if RANK_BY_TEACHER else S_PACKED
-    n_full = C // BLOCK
-    has_tail = n_full * BLOCK < C
-    c2 = LOG2E / T  # x c2 is x / T in base-2 units
+    # chunks [first, last) lie inside every row of the tile; the first (when shifted) and
+    # those from `last` to `end` are masked
+    FIRST: tl.constexpr = 1 if SHIFTED else 0
+    last = tl.maximum(C // BLOCK, FIRST)
+    end = tl.cdiv(C + (VEC - 1 if SHIFTED else 0), BLOCK)
+    n_full = last - FIRST
+    c2 = LOG2E / T  # x c2 is x / T in base 2
 
     # ---- 1. Selection: each thread's KPL best groups, then the row's k best ---------------
     neg = tl.full([ROWS, LANES], -float("inf"), tl.float32)
@@ -320,22 +434,27 @@ def _ldrld_fused_kernel(
     v0, v1, v2, v3, v4 = neg, neg, neg, neg, neg
     g0, g1, g2, g3, g4 = empty, empty, empty, empty, empty
     dropped = neg
+    if SHIFTED:
+        v0, g0, v1, g1, v2, g2, v3, g3, v4, g4, dropped = _select_step(
+            key_ptr, key_base, 0, shift3, C, key_stride, v0, g0, v1, g1, v2, g2, v3, g3, v4,
+            g4, dropped, LANES, VEC, KPL, True, False, VECTOR)
     # two chunks per iteration: half the loop's own instructions
-    for pair in range(n_full // 2):  # trips: C // (LANES * VEC) // 2
+    for pair in range(n_full // 2):  # trips: full_chunks // 2
+        chunk = FIRST + 2 * pair
         v0, g0, v1, g1, v2, g2, v3, g3, v4, g4, dropped = _select_step(
-            key_ptr, key_start, key_stride, 2 * pair, C, v0, g0, v1, g1, v2, g2, v3, g3, v4,
-            g4, dropped, LANES, VEC, KPL, False, KEY_PACKED)
+            key_ptr, key_base, chunk, shift3, C, key_stride, v0, g0, v1, g1, v2, g2, v3, g3,
+            v4, g4, dropped, LANES, VEC, KPL, False, KEY_PACKED, VECTOR)
         v0, g0, v1, g1, v2, g2, v3, g3, v4, g4, dropped = _select_step(
-            key_ptr, key_start, key_stride, 2 * pair + 1, C, v0, g0, v1, g1, v2, g2, v3, g3,
-            v4, g4, dropped, LANES, VEC, KPL, False, KEY_PACKED)
-    if n_full % 2 == 1:  # runs: C // (LANES * VEC) % 2
+            key_ptr, key_base, chunk + 1, shift3, C, key_stride, v0, g0, v1, g1, v2, g2, v3,
+            g3, v4, g4, dropped, LANES, VEC, KPL, False, KEY_PACKED, VECTOR)
+    if n_full % 2 == 1:  # runs: full_chunks % 2
         v0, g0, v1, g1, v2, g2, v3, g3, v4, g4, dropped = _select_step(
-            key_ptr, key_start, key_stride, n_full - 1, C, v0, g0, v1, g1, v2, g2, v3, g3, v4,
-            g4, dropped, LANES, VEC, KPL, False, KEY_PACKED)
-    if has_tail:  # runs: C % (LANES * VEC) > 0
+            key_ptr, key_base, last - 1, shift3, C, key_stride, v0, g0, v1, g1, v2, g2, v3,
+            g3, v4, g4, dropped, LANES, VEC, KPL, False, KEY_PACKED, VECTOR)
+    for chunk in range(last, end):  # trips: masked_tail_chunks
         v0, g0, v1, g1, v2, g2, v3, g3, v4, g4, dropped = _select_step(
-            key_ptr, key_start, key_stride, n_full, C, v0, g0, v1, g1, v2, g2, v3, g3,
-            v4, g4, dropped, LANES, VEC, KPL, True, KEY_PACKED)
+            key_ptr, key_base, chunk, shift3, C, key_stride, v0, g0, v1, g1, v2, g2, v3, g3,
+            v4, g4, dropped, LANES, VEC, KPL, True, False, VECTOR)
 
     # The row's k best: k rounds, each taking the best head of the threads' sorted lists.
     ranks = tl.arange(0, K_PAD)[None, :]
@@ -351,19 +470,18 @@ def _ldrld_fused_kernel(
         v3, g3 = tl.where(pop, v4, v3), tl.where(pop, g4, g3)
         v4, g4 = tl.where(pop, -float("inf"), v4), tl.where(pop, NO_GROUP, g4)
         win_g = tl.where(ranks == r, theta_g[:, None], win_g)
-    # Exact unless a group that fell off some thread's list ranks with the row's k (ties
-    # counted as unsure).
+    # Exact unless a key that fell off some thread's list ranks with the row's k (ties count
+    # as unsure).
     unsure = (dropped >= theta_v[:, None]) & (dropped > -float("inf")) & row_ok[:, None]
     if tl.max(tl.max(unsure.to(tl.int32), axis=1), axis=0) > 0:  # runs: exact_selection
-        # Exact: k streaming rounds, each the best group ranked after the previous winner.
         theta_v = tl.full([ROWS], float("inf"), tl.float32)
         theta_g = tl.full([ROWS], -1, tl.int32)
         for r in range(k):  # trips: k
             best_v = neg
             best_g = empty
-            for chunk in range(tl.cdiv(C, BLOCK)):  # trips: cdiv(C, LANES * VEC)
-                cols = _chunk_cols(chunk, LANES, VEC)
-                key = _load_tile(key_ptr, key_start, cols, cols < C, key_stride)
+            for chunk in range(end):  # trips: all_chunks
+                key = _load_chunk(key_ptr, key_base, chunk, shift3, C, key_stride, LANES, VEC,
+                                  True, False, VECTOR)
                 gm = tl.max(key, axis=2)
                 group = chunk * LANES + tl.arange(0, LANES)[None, :]
                 after = (gm < theta_v[:, None]) | ((gm == theta_v[:, None]) &
@@ -374,13 +492,14 @@ def _ldrld_fused_kernel(
             theta_v, theta_g = _best_group(best_v, best_g)
             win_g = tl.where(ranks == r, theta_g[:, None], win_g)
 
-    # The classes of the k winning groups (16-byte loads), and the exact top-k among them in
-    # rank order.
-    win_ok = (win_g != NO_GROUP)[:, :, None]
-    gathered_c = tl.where(win_ok, win_g[:, :, None], 0) * VEC + tl.arange(0, VEC)[None, None, :]
-    gathered_ok = win_ok & (gathered_c < C)
-    gs = _load_tile(student_ptr, s_row[:, None, None], gathered_c, gathered_ok, stride_s_col)
-    gt = _load_tile(teacher_ptr, t_row[:, None, None], gathered_c, gathered_ok, stride_t_col)
+    # The k winning groups' classes (16-byte loads from L1/L2), and the exact top-k among
+    # them in rank order: k rounds of (max, smaller class).
+    win_ok = win_g != NO_GROUP
+    gathered_p = tl.where(win_ok, win_g, 0)[:, :, None] * VEC + tl.arange(0, VEC)[None, None, :]
+    gathered_ok = win_ok[:, :, None] & (gathered_p >= shift3) & (gathered_p < C + shift3)
+    gathered_c = gathered_p - shift3
+    gs = _load_groups(student_ptr, s_base, win_g, win_ok, shift3, C, stride_s_col, VEC, VECTOR)
+    gt = _load_groups(teacher_ptr, t_base, win_g, win_ok, shift3, C, stride_t_col, VEC, VECTOR)
     gkey = gt if RANK_BY_TEACHER else gs
     available = gathered_ok
     top_c = tl.full([ROWS, K_PAD], 0, tl.int32) + C
@@ -391,8 +510,9 @@ def _ldrld_fused_kernel(
         available = available & (gathered_c != pick[:, None, None])
         top_c = tl.where(ranks == r, pick[:, None], top_c)
     in_top = (ranks < k) & (top_c < C)
-    top_s = _load_tile(student_ptr, s_row[:, None], top_c, in_top, stride_s_col)
-    top_t = _load_tile(teacher_ptr, t_row[:, None], top_c, in_top, stride_t_col)
+    top_p = top_c + shift[:, None]
+    top_s = _load(student_ptr, s_row[:, None], top_p, in_top, stride_s_col)
+    top_t = _load(teacher_ptr, t_row[:, None], top_p, in_top, stride_t_col)
     top_s = tl.where(in_top, top_s, 0.0)
     top_t = tl.where(in_top, top_t, 0.0)
 
@@ -406,60 +526,64 @@ def _ldrld_fused_kernel(
     z_s = tl.zeros([ROWS, LANES], tl.float32)
     th_v = theta_v[:, None]
     th_g = theta_g[:, None]
-    for pair in range(n_full // 2):  # trips: C // (LANES * VEC) // 2
+    if SHIFTED:
         off_u, off_v, off_s, z_u, z_v, w, z_s = _stats_step(
-            student_ptr, teacher_ptr, s_start, t_start, stride_s_col, stride_t_col, 2 * pair,
-            C, c2, th_v, th_g, off_u, off_v, off_s, z_u, z_v, w, z_s, HAS_TARGET,
-            RANK_BY_TEACHER, LANES, VEC, T_POW, False, S_PACKED, T_PACKED)
+            student_ptr, teacher_ptr, s_base, t_base, 0, shift3, C, stride_s_col,
+            stride_t_col, c2, th_v, th_g, off_u, off_v, off_s, z_u, z_v, w, z_s, HAS_TARGET,
+            RANK_BY_TEACHER, LANES, VEC, T_POW, True, False, False, VECTOR)
+    for pair in range(n_full // 2):  # trips: full_chunks // 2
+        chunk = FIRST + 2 * pair
         off_u, off_v, off_s, z_u, z_v, w, z_s = _stats_step(
-            student_ptr, teacher_ptr, s_start, t_start, stride_s_col, stride_t_col,
-            2 * pair + 1, C, c2, th_v, th_g, off_u, off_v, off_s, z_u, z_v, w, z_s,
-            HAS_TARGET, RANK_BY_TEACHER, LANES, VEC, T_POW, False, S_PACKED, T_PACKED)
-    if n_full % 2 == 1:  # runs: C // (LANES * VEC) % 2
+            student_ptr, teacher_ptr, s_base, t_base, chunk, shift3, C, stride_s_col,
+            stride_t_col, c2, th_v, th_g, off_u, off_v, off_s, z_u, z_v, w, z_s, HAS_TARGET,
+            RANK_BY_TEACHER, LANES, VEC, T_POW, False, S_PACKED, T_PACKED, VECTOR)
         off_u, off_v, off_s, z_u, z_v, w, z_s = _stats_step(
-            student_ptr, teacher_ptr, s_start, t_start, stride_s_col, stride_t_col,
-            n_full - 1, C, c2, th_v, th_g, off_u, off_v, off_s, z_u, z_v, w, z_s,
-            HAS_TARGET, RANK_BY_TEACHER, LANES, VEC, T_POW, False, S_PACKED, T_PACKED)
-    if has_tail:  # runs: C % (LANES * VEC) > 0
+            student_ptr, teacher_ptr, s_base, t_base, chunk + 1, shift3, C, stride_s_col,
+            stride_t_col, c2, th_v, th_g, off_u, off_v, off_s, z_u, z_v, w, z_s, HAS_TARGET,
+            RANK_BY_TEACHER, LANES, VEC, T_POW, False, S_PACKED, T_PACKED, VECTOR)
+    if n_full % 2 == 1:  # runs: full_chunks % 2
         off_u, off_v, off_s, z_u, z_v, w, z_s = _stats_step(
-            student_ptr, teacher_ptr, s_start, t_start, stride_s_col, stride_t_col,
-            n_full, C, c2, th_v, th_g, off_u, off_v, off_s, z_u, z_v, w, z_s,
-            HAS_TARGET, RANK_BY_TEACHER, LANES, VEC, T_POW, True, S_PACKED, T_PACKED)
+            student_ptr, teacher_ptr, s_base, t_base, last - 1, shift3, C, stride_s_col,
+            stride_t_col, c2, th_v, th_g, off_u, off_v, off_s, z_u, z_v, w, z_s, HAS_TARGET,
+            RANK_BY_TEACHER, LANES, VEC, T_POW, False, S_PACKED, T_PACKED, VECTOR)
+    for chunk in range(last, end):  # trips: masked_tail_chunks
+        off_u, off_v, off_s, z_u, z_v, w, z_s = _stats_step(
+            student_ptr, teacher_ptr, s_base, t_base, chunk, shift3, C, stride_s_col,
+            stride_t_col, c2, th_v, th_g, off_u, off_v, off_s, z_u, z_v, w, z_s, HAS_TARGET,
+            RANK_BY_TEACHER, LANES, VEC, T_POW, True, False, False, VECTOR)
 
-    # Per row: the threads' sums, then the winners' classes that were not selected. Each
-    # sum is kept as (integer base-2 offset m, z = sum 2^(x c2 - m)): with logits of 1e4,
-    # folding m and log2 z into one float would cost 1e-3 in every exponent.
-    m_u, z_u = _combine(off_u, z_u, 1)
-    m_v, z_v_lanes = _combine(off_v, z_v, 1)
-    # w against the row's offsets: sum 2^(a_v) (a_v - a_u), a = x c2 - m
+    # Per row: the threads' sums, then the winners' classes that were not selected. Sums are
+    # kept as (whole-number base-2 offset m, z = sum 2^(x c2 - m)): folding m and log2 z into
+    # one float would cost 1e-3 per exponent at logits of 1e4.
+    m_u, z_u = _combine(off_u, z_u)
+    m_v, z_v_threads = _combine(off_v, z_v)
     w = tl.sum((w - ((m_v[:, None] - off_v) - (m_u[:, None] - off_u)) * z_v) *
-               tl.exp2(off_v - m_v[:, None]), axis=1)
-    z_v = z_v_lanes
+               _pow2_int(off_v - m_v[:, None]), axis=1)
     gu = tl.reshape(tl.where(available, gs, -float("inf")), [ROWS, K_PAD * VEC])
     gv = tl.reshape(tl.where(available, gt, -float("inf")), [ROWS, K_PAD * VEC])
     m_u2, z_u, _ = _merge_classes(m_u, z_u, gu, c2)
-    z_v_streamed = z_v
-    m_v2, z_v, scale_w = _merge_classes(m_v, z_v, gv, c2)
-    w = (w - ((m_v2 - m_v) - (m_u2 - m_u)) * z_v_streamed) * scale_w
+    m_v2, z_v, scale_w = _merge_classes(m_v, z_v_threads, gv, c2)
+    w = (w - ((m_v2 - m_v) - (m_u2 - m_u)) * z_v_threads) * scale_w
     m_u, m_v = m_u2, m_v2
     a_u = tl.fma(gu, c2, -m_u[:, None])
     a_v = tl.fma(gv, c2, -m_v[:, None])
     w += tl.sum(tl.exp2(a_v) * tl.maximum(a_v - a_u, -3.0e38), axis=1)
     lz_u = _log2(z_u)
     lz_v = _log2(z_v)
-    # KL = E_p[v - u] - (lse(v) - lse(u)); one remaining class is the point mass on both sides
     kl_rest = LN2 * (w / z_v - (lz_v - lz_u))
+    # one remaining class: the point mass on both sides, KL exactly 0
     kl_rest = tl.where(C - k == 1, 0.0, kl_rest)
 
     if HAS_TARGET:
         y = tl.load(target_ptr + rows_in)
         counted = (y != ignore_index) & row_ok
-        m_s, z_s = _combine(off_s, z_s, 1)
+        m_s, z_s = _combine(off_s, z_s)
         m_s, z_s, _ = _merge_classes(
             m_s, z_s, tl.reshape(tl.where(gathered_ok, gs, -float("inf")), [ROWS, K_PAD * VEC]),
             LOG2E)
         y_safe = tl.where(counted & (y >= 0) & (y < C), y, 0)
-        s_y = tl.load(student_ptr + s_row + y_safe * stride_s_col).to(tl.float32)
+        y_p = y_safe + shift
+        s_y = tl.load(student_ptr + s_row + y_p * stride_s_col).to(tl.float32)
         ce = tl.fma(LN2, m_s, -s_y) + LN2 * _log2(z_s)
     else:
         counted = row_ok
@@ -479,8 +603,8 @@ def _ldrld_fused_kernel(
         scale = _grad_scale(grad_scale_ptr, SCALE_GRAD)
         rest_w = beta * T * scale
         ce_w = ce_weight * scale
-        # per row: q_c = 2^(a_u) / z_u, p_c = 2^(a_v) / z_v with a = x c2 - m, and
-        # softmax(s)_c = 2^(s_c log2 e - m_s) / z_s = (2^(a_u))^T 2^(T m_u - m_s) / z_s
+        # per row: q_c = 2^a_u / z_u, p_c = 2^a_v / z_v, and softmax(s)_c =
+        # 2^(s_c log2 e - m_s) / z_s = (2^a_u)^T 2^(T m_u - m_s) / z_s
         w_q = rest_w / z_u
         w_p = rest_w / z_v
         w_ce = tl.zeros([ROWS], tl.float32)
@@ -490,34 +614,49 @@ def _ldrld_fused_kernel(
             if T_POW == 0:
                 w_ce = ce_w / z_s
             else:
-                w_ce = ce_w * tl.exp2(T_POW * m_u - m_s) / z_s  # integers: exact exponent
-        # teacher: p (ln 2 (a_v - a_u) + ln 2 (log2 z_u - log2 z_v) - KL)
+                w_ce = ce_w * tl.exp2(T_POW * m_u - m_s) / z_s  # whole numbers: exact
         t_shift = LN2 * (lz_u - lz_v) - kl_rest
-        gs_start = (rows_in * stride_gs_row)[:, None, None]
-        gt_start = (rows_in * stride_gt_row)[:, None, None]
-        row3 = (counted[:, None, None], m_u[:, None, None], m_v[:, None, None],
-                m_s_row[:, None, None], w_q[:, None, None], w_p[:, None, None],
-                w_ce[:, None, None], t_shift[:, None, None])
+        if SHIFTED:
+            gs_row = tl.multiple_of(rows_in * stride_gs_row - shift, VEC)
+            gt_row = tl.multiple_of(rows_in * stride_gt_row - shift, VEC)
+        else:  # (a "- 0" here would be folded away with the alignment it carries)
+            gs_row = tl.multiple_of(rows_in * stride_gs_row, ROW_ALIGN)
+            gt_row = tl.multiple_of(rows_in * stride_gt_row, ROW_ALIGN)
+        gs_base = gs_row[:, None, None]
+        gt_base = gt_row[:, None, None]
+        per_row = (counted[:, None, None], m_u[:, None, None], m_v[:, None, None],
+                   m_s_row[:, None, None], w_q[:, None, None], w_p[:, None, None],
+                   w_ce[:, None, None], t_shift[:, None, None])
         ok3 = row_ok[:, None, None]
-        for pair in range(n_full // 2):  # trips: C // (LANES * VEC) // 2
-            _grad_step(grad_s_ptr, grad_t_ptr, student_ptr, teacher_ptr, s_start, t_start,
-                       gs_start, gt_start, stride_s_col, stride_t_col, 2 * pair, C, ok3, c2,
-                       *row3, HAS_TARGET, STUDENT_GRAD, TEACHER_GRAD, LANES, VEC, T_POW,
-                       False, S_PACKED, T_PACKED)
-            _grad_step(grad_s_ptr, grad_t_ptr, student_ptr, teacher_ptr, s_start, t_start,
-                       gs_start, gt_start, stride_s_col, stride_t_col, 2 * pair + 1, C, ok3,
-                       c2, *row3, HAS_TARGET, STUDENT_GRAD, TEACHER_GRAD, LANES, VEC, T_POW,
-                       False, S_PACKED, T_PACKED)
-        if n_full % 2 == 1:  # runs: C // (LANES * VEC) % 2
-            _grad_step(grad_s_ptr, grad_t_ptr, student_ptr, teacher_ptr, s_start, t_start,
-                       gs_start, gt_start, stride_s_col, stride_t_col, n_full - 1, C, ok3, c2,
-                       *row3, HAS_TARGET, STUDENT_GRAD, TEACHER_GRAD, LANES, VEC, T_POW,
-                       False, S_PACKED, T_PACKED)
-        if has_tail:  # runs: C % (LANES * VEC) > 0
-            _grad_step(grad_s_ptr, grad_t_ptr, student_ptr, teacher_ptr, s_start, t_start,
-                       gs_start, gt_start, stride_s_col, stride_t_col, n_full, C, ok3,
-                       c2, *row3, HAS_TARGET, STUDENT_GRAD, TEACHER_GRAD, LANES, VEC, T_POW,
-                       True, S_PACKED, T_PACKED)
+        if SHIFTED:
+            _grad_step(grad_s_ptr, grad_t_ptr, student_ptr, teacher_ptr, s_base, t_base,
+                       gs_base, gt_base, 0, shift3, C, stride_s_col, stride_t_col, ok3, c2,
+                       *per_row, HAS_TARGET, STUDENT_GRAD, TEACHER_GRAD, LANES, VEC, T_POW,
+                       True, False, False, VECTOR)
+        for pair in range(n_full // 2):  # trips: full_chunks // 2
+            chunk = FIRST + 2 * pair
+            _grad_step(grad_s_ptr, grad_t_ptr, student_ptr, teacher_ptr, s_base, t_base,
+                       gs_base, gt_base, chunk, shift3, C, stride_s_col, stride_t_col, ok3,
+                       c2, *per_row, HAS_TARGET, STUDENT_GRAD, TEACHER_GRAD, LANES, VEC,
+                       T_POW, False, S_PACKED, T_PACKED, VECTOR)
+            _grad_step(grad_s_ptr, grad_t_ptr, student_ptr, teacher_ptr, s_base, t_base,
+                       gs_base, gt_base, chunk + 1, shift3, C, stride_s_col, stride_t_col,
+                       ok3, c2, *per_row, HAS_TARGET, STUDENT_GRAD, TEACHER_GRAD, LANES, VEC,
+                       T_POW, False, S_PACKED, T_PACKED, VECTOR)
+        if n_full % 2 == 1:  # runs: full_chunks % 2
+            _grad_step(grad_s_ptr, grad_t_ptr, student_ptr, teacher_ptr, s_base, t_base,
+                       gs_base, gt_base, last - 1, shift3, C, stride_s_col, stride_t_col,
+                       ok3, c2, *per_row, HAS_TARGET, STUDENT_GRAD, TEACHER_GRAD, LANES, VEC,
+                       T_POW, False, S_PACKED, T_PACKED, VECTOR)
+        for chunk in range(last, end):  # trips: masked_tail_chunks
+            _grad_step(grad_s_ptr, grad_t_ptr, student_ptr, teacher_ptr, s_base, t_base,
+                       gs_base, gt_base, chunk, shift3, C, stride_s_col, stride_t_col, ok3,
+                       c2, *per_row, HAS_TARGET, STUDENT_GRAD, TEACHER_GRAD, LANES, VEC,
+                       T_POW, True, False, False, VECTOR)
+        if VECTOR:  # the partial groups at the rows' ends, skipped by the vector stores
+            _grad_boundary(grad_s_ptr, grad_t_ptr, student_ptr, teacher_ptr, s_base, t_base,
+                           gs_base, gt_base, shift, C, ok3, c2, *per_row, HAS_TARGET,
+                           STUDENT_GRAD, TEACHER_GRAD, VEC, T_POW)
 
         # The selected classes and the target get their own values once every thread's
         # sweep (which wrote the remaining-class formula there too) has landed.
@@ -531,39 +670,52 @@ def _ldrld_fused_kernel(
                     tl.where(top_c == y[:, None], ce_w, 0.0)
                 # the target, when it is not among the selected classes
                 y_rest = counted & (tl.max((top_c == y[:, None]).to(tl.int32), axis=1) == 0)
-                t_y = tl.load(teacher_ptr + t_row + y_safe * stride_t_col).to(tl.float32)
+                t_y = tl.load(teacher_ptr + t_row + y_p * stride_t_col).to(tl.float32)
                 g_y = w_q * tl.exp2(tl.fma(s_y, c2, -m_u)) - \
                     w_p * tl.exp2(tl.fma(t_y, c2, -m_v)) + \
                     (ce_w / z_s) * tl.exp2(tl.fma(s_y, LOG2E, -m_s)) - ce_w
-                tl.store(grad_s_ptr + rows * stride_gs_row + y_safe,
-                         g_y.to(grad_s_ptr.dtype.element_ty), mask=y_rest)
-            tl.store(grad_s_ptr + rows[:, None] * stride_gs_row + top_c,
+                tl.store(grad_s_ptr + gs_row + y_p, g_y.to(grad_s_ptr.dtype.element_ty),
+                         mask=y_rest)
+            tl.store(grad_s_ptr + gs_row[:, None] + top_p,
                      tl.where(keep, g_top, 0.0).to(grad_s_ptr.dtype.element_ty), mask=in_top)
         if TEACHER_GRAD:
-            tl.store(grad_t_ptr + rows[:, None] * stride_gt_row + top_c,
+            tl.store(grad_t_ptr + gt_row[:, None] + top_p,
                      tl.where(keep, grad_top_t * scale, 0.0).to(grad_t_ptr.dtype.element_ty),
                      mask=in_top)
 
 
+# ---- Launcher --------------------------------------------------------------------------------
+
+
 def _row_align(tensor: torch.Tensor, vec: int) -> int:
-    """The largest power of two, at most ``vec``, that divides the row stride: with it (and
-    Triton's own 16-byte pointer check) rows start 16-byte aligned for the compiler."""
+    """The largest power of two, at most ``vec``, that divides the row stride."""
     align = vec
     while align > 1 and tensor.stride(0) % align:
         align //= 2
     return align
 
 
-def _packed(tensor: torch.Tensor, vec: int) -> bool:
+def _alignment(tensors: list[torch.Tensor], vec: int) -> tuple[int, bool]:
+    """(ROW_ALIGN, SHIFTED): rows that start on 16-byte boundaries need nothing; otherwise,
+    when every row (inputs and gradients) has the same stride, contiguous classes and a
+    16-byte aligned base, positions are shifted per row so that chunks are aligned."""
+    align = min(_row_align(tensor, vec) for tensor in tensors)
+    shifted = (align < vec and len({tensor.stride(0) for tensor in tensors}) == 1
+               and all(tensor.stride(1) == 1 and tensor.data_ptr() % 16 == 0
+                       for tensor in tensors))
+    return align, shifted
+
+
+def _packed(tensor: torch.Tensor, vec: int, shifted: bool) -> bool:
     """Whether the kernel may read ``tensor`` as 32-bit words of two bfloat16 classes:
-    contiguous classes, rows and base at even elements."""
+    contiguous classes, and chunks that start at even elements."""
     return (tensor.dtype == torch.bfloat16 and tensor.stride(1) == 1 and vec % 2 == 0
-            and tensor.stride(0) % 2 == 0 and tensor.data_ptr() % 4 == 0)
+            and (shifted or tensor.stride(0) % 2 == 0) and tensor.data_ptr() % 4 == 0)
 
 
 def integer_temperature(temperature: float) -> int:
-    """T itself when the kernel raises 2^(u - m) to the T-th power by multiplying (T = 1, 2,
-    4), else 0 (then the cross-entropy takes an exponential of its own per class)."""
+    """T itself when the kernel raises 2^a_u to the T-th power by multiplying (T = 1, 2, 4),
+    else 0 (then the cross-entropy takes an exponential of its own per class)."""
     return int(temperature) if temperature in (1.0, 2.0, 4.0) else 0
 
 
@@ -594,6 +746,8 @@ def ldrld_rows(
         return row_loss, parts, grad_s, grad_t
     launch = launch or fused_launch(num_classes, student.element_size(),
                                     teacher.element_size())
+    grads = [grad for grad in (grad_s, grad_t) if grad is not None]
+    row_align, shifted = _alignment([student, teacher, *grads], launch.vec)
     grid = (triton.cdiv(rows, launch.rows),)
     _ldrld_fused_kernel[grid](
         loss_ptr=row_loss, parts_ptr=parts,
@@ -614,23 +768,35 @@ def ldrld_rows(
         STUDENT_GRAD=grad_s is not None, TEACHER_GRAD=grad_t is not None,
         SCALE_GRAD=grad_scale is not None,
         ROWS=launch.rows, LANES=launch.lanes, VEC=launch.vec, KPL=launch.candidates,
-        K_PAD=triton.next_power_of_2(config.k),
-        ROW_ALIGN=min(_row_align(student, launch.vec), _row_align(teacher, launch.vec)),
+        K_PAD=triton.next_power_of_2(config.k), ROW_ALIGN=row_align, SHIFTED=shifted,
+        VECTOR=shifted or (row_align == launch.vec and all(
+            tensor.stride(1) == 1 for tensor in (student, teacher))),
+        S_PACKED=_packed(student, launch.vec, shifted),
+        T_PACKED=_packed(teacher, launch.vec, shifted),
         T_POW=integer_temperature(config.temperature),
-        S_PACKED=_packed(student, launch.vec), T_PACKED=_packed(teacher, launch.vec),
-        num_warps=launch.num_warps,
+        num_warps=launch.num_warps, maxnreg=launch.max_registers,
     )
     return row_loss, parts, grad_s, grad_t
 
 
+def chunk_counts(classes: int, lanes: int, vec: int, shifted: bool) -> dict[str, int]:
+    """The kernel's chunks per row: full ones (unmasked), the masked ones at the end, all."""
+    block = lanes * vec
+    first = 1 if shifted else 0
+    last = max(classes // block, first)
+    end = -(-(classes + (vec - 1 if shifted else 0)) // block)
+    return {"full_chunks": last - first, "masked_tail_chunks": end - last, "all_chunks": end}
+
+
 def profile_hints(kernel_name: str, args: dict) -> dict[str, float]:
-    """For ``ldrld profile``: how often the exact selection runs, simulated on random normal
-    logits (1024 rows): the fraction of programs in which a group that fell off some
-    thread's list reaches its row's k best."""
+    """For ``ldrld profile``: the chunk counts of the kernel's loops, and how often the exact
+    selection runs, simulated on random normal logits (1024 rows): the fraction of programs
+    in which a key that fell off some thread's list reaches its row's k best."""
     if kernel_name != "_ldrld_fused_kernel":
         return {}
     classes, k, lanes, vec, kpl, rows = (args["C"], args["k"], args["LANES"], args["VEC"],
                                          args["KPL"], args["ROWS"])
+    hints: dict[str, float] = dict(chunk_counts(classes, lanes, vec, args["SHIFTED"]))
     samples = 1024
     generator = torch.Generator().manual_seed(0)
     logits = torch.randn(samples, classes, generator=generator)
@@ -640,10 +806,12 @@ def profile_hints(kernel_name: str, args: dict) -> dict[str, float]:
     # group g belongs to thread g % lanes, which keeps its kpl best groups
     by_thread = torch.nn.functional.pad(keys, (0, -groups % lanes), value=-float("inf"))
     by_thread = by_thread.reshape(samples, -1, lanes).sort(dim=1, descending=True).values
-    dropped = by_thread[:, kpl:, :].amax(dim=1) if by_thread.shape[1] > kpl else None
-    if dropped is None:
-        return {"exact_selection": 0.0}
+    if by_thread.shape[1] <= kpl:
+        hints["exact_selection"] = 0.0
+        return hints
+    dropped = by_thread[:, kpl:, :].amax(dim=1)
     kth = keys.topk(min(k, groups), dim=1).values[:, -1:]
     unsure = ((dropped >= kth) & (dropped > -float("inf"))).any(dim=1)
     programs = unsure[: samples - samples % rows].reshape(-1, rows).any(dim=1)
-    return {"exact_selection": programs.float().mean().item()}
+    hints["exact_selection"] = programs.float().mean().item()
+    return hints

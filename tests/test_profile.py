@@ -153,3 +153,7 @@ def test_check_names_each_broken_budget(monkeypatch):
     assert "8 warps per SM resident < 16" in line
     (line,) = profile.check_budgets([_call(40, launches=3)])
     assert "3 launches > 1" in line
+    monkeypatch.setitem(profile.BUDGETS, (4096, "bfloat16"),
+                        profile.Budget(instructions_per_element=48, mufu_per_element=1.5))
+    (line,) = profile.check_budgets([_call(40)])
+    assert "2.00 MUFU operations per element > 1.5" in line

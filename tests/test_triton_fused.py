@@ -9,6 +9,9 @@ import pytest
 import torch
 
 import ldrld_kernels as lk
+from ldrld_kernels import policy, torch_path, triton_fused
+from ldrld_kernels.check import GRAD_TOLERANCES, LOSS_TOLERANCES
+from ldrld_kernels.config import LossConfig
 from tests.helpers import (
     DEVICE,
     GOLDEN,
@@ -131,3 +134,95 @@ def test_auto_takes_triton_only_on_cuda():
     student, teacher = random_logits(2, 37)
     expected = "triton" if DEVICE == "cuda" else "torch"
     assert lk.api.resolve_backend("auto", student.to(DEVICE), teacher.to(DEVICE)) == expected
+
+
+# ---- The kernel's own code paths, each reached on purpose ------------------------------------
+
+def _launch_matches(student, teacher, target, lanes, **options):
+    """The fused launcher with ``lanes`` threads per row against the PyTorch path in float64
+    (itself checked against the reference): row losses, parts and both gradients."""
+    config = LossConfig(**{"k": 7, **options})
+    launch = policy.fused_launch(student.shape[1], student.element_size(),
+                                 teacher.element_size(), lanes=lanes)
+    rows_, parts, grad_s, grad_t = triton_fused.ldrld_rows(
+        student.to(DEVICE), teacher.to(DEVICE), None if target is None else target.to(DEVICE),
+        config, True, True, torch.tensor(0.25, device=DEVICE), launch=launch)
+    expected = torch_path.ldrld_rows(student.double(), teacher.double(), target, config,
+                                     True, True, torch.tensor(0.25, dtype=torch.float64))
+    loss_tol = LOSS_TOLERANCES[torch.float32]
+    for actual, wanted in zip((rows_, parts), expected[:2]):
+        scale_ = max(1.0, float(wanted.abs().max()))
+        torch.testing.assert_close(actual.cpu().double(), wanted, rtol=loss_tol.rtol,
+                                   atol=2e-6 * scale_)
+    for actual, wanted, like in zip((grad_s, grad_t), expected[2:], (student, teacher)):
+        tol = GRAD_TOLERANCES[like.dtype]
+        scale_ = max(1.0, float(wanted.abs().max()))
+        torch.testing.assert_close(actual.cpu().double(), wanted, rtol=tol.rtol,
+                                   atol=tol.atol * scale_ + 1e-7)
+    return launch
+
+
+@pytest.mark.parametrize("lanes", [8, 16, 32, 64])
+@pytest.mark.parametrize("num_classes", [300, 1000, 1271])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_every_layout(lanes, num_classes, dtype):
+    # rows per program from 16 down to 1, rows over several warps (64 lanes), an even and an
+    # odd number of full chunks, tail chunks, rows not 16-byte aligned (1271: shifted)
+    student, teacher = random_logits(3, num_classes, dtype=dtype, seed=lanes + num_classes)
+    target = random_target(3, num_classes=num_classes)
+    target[1] = -100
+    _launch_matches(student, teacher, target, lanes, temperature=2.0)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0, 3.0, 4.0])
+def test_temperatures(temperature):
+    # T = 1, 2, 4: the cross-entropy terms from powers of 2^a_u; T = 3: exponentials of their own
+    student, teacher = random_logits(2, 500, seed=11)
+    _launch_matches(student, teacher, random_target(2, num_classes=500), 16,
+                    temperature=temperature, rank_by="teacher")
+
+
+def _lane_of_group(classes):
+    return classes // 8  # bfloat16 groups of 8 classes, group g read by thread g % lanes
+
+
+@pytest.mark.parametrize("lanes", [8, 32])
+def test_exact_selection_when_one_thread_holds_the_top_groups(lanes):
+    # all top-k classes in groups read by one thread: its list of best groups overflows and the
+    # program redoes the selection exactly
+    num_classes = 8 * lanes * 12
+    student, teacher = random_logits(2, num_classes, dtype=torch.bfloat16, seed=lanes)
+    top = torch.arange(7) * 8 * lanes + 3  # groups 0, lanes, 2 lanes, ...: all thread 0
+    assert len({int(g) % lanes for g in _lane_of_group(top)}) == 1
+    student[:, top] = torch.linspace(12, 9, 7).to(torch.bfloat16)
+    launch = _launch_matches(student, teacher, random_target(2, num_classes=num_classes),
+                             lanes)
+    assert launch.candidates < 7
+
+
+def test_ties_inside_and_across_groups_and_chunks():
+    # coarse values, the row maximum repeated inside a group, across a group boundary (7 | 8),
+    # across a chunk boundary (255 | 256 with 32 lanes of 8) and across threads
+    generator = torch.Generator().manual_seed(12)
+    student = (torch.randint(-6, 4, (3, 1000), generator=generator) * 0.5).to(torch.bfloat16)
+    student[:, [2, 5, 7, 8, 255, 256, 511, 900]] = 4.0
+    teacher = (torch.randn(3, 1000, generator=generator) * 2).to(torch.bfloat16)
+    for lanes in (8, 32):
+        for k in (3, 7, 16):
+            _launch_matches(student, teacher, None, lanes, k=k)
+        _launch_matches(teacher, student, None, lanes, k=7, rank_by="teacher")
+
+
+def test_packed_and_strided_reads_agree():
+    # contiguous bfloat16 is read as 32-bit words; a strided view of the same values is not
+    student, teacher = random_logits(3, 1536, dtype=torch.bfloat16, seed=13)
+    target = random_target(3, num_classes=1536)
+    config = LossConfig(k=7)
+    wide_s = torch.zeros(3, 3072, dtype=torch.bfloat16)
+    wide_s[:, ::2] = student
+    contiguous = triton_fused.ldrld_rows(student.to(DEVICE), teacher.to(DEVICE),
+                                         target.to(DEVICE), config, True, False)
+    strided = triton_fused.ldrld_rows(wide_s.to(DEVICE)[:, ::2], teacher.to(DEVICE),
+                                      target.to(DEVICE), config, True, False)
+    for a, b in zip(contiguous[:3], strided[:3]):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
