@@ -11,9 +11,9 @@ Why these numbers:
 - ``lanes``: the largest power of two that gives each thread at least
   ``ELEMENTS_PER_THREAD`` classes (bfloat16; half as many in float32, the same bytes), so
   between 256 and 511. The per-row work (selection rounds, per-row reductions, the k x k
-  pair tile) is then a few instructions per element (``ldrld profile``: 42-47 per element
-  in bfloat16 from 4,096 to 65,536 classes; 8 threads per row would give 44 at 4,096, 32
-  threads 52).
+  pair tile) is then a few instructions per element (``ldrld profile``, Triton 3.9: 42-47
+  per element in bfloat16 from 4,096 to 65,536 classes; at 4,096, 8 threads per row give
+  44.3, 16 give 46.0, 32 give 51.9).
 - HBM traffic model: the kernel reads a row three times (the ranking logits, then both
   tensors twice) and needs the second and third reads to come from L2. On average about 60%
   of a row's bytes are waiting for a re-read while it streams, so an SM holds about
@@ -21,7 +21,7 @@ Why these numbers:
   256 to 511 classes is 315 to 630 KB, 41 to 83 MB over 132 SMs, against 50 MB of L2 on an
   H100 (60 on an H200). The top of that range (32,000 classes: 500 per thread) will read
   part of the second and third passes from HBM; fewer classes per thread would cost per-row
-  instructions instead (49 per element at 32,000 with 250). ``benchmarks/gpu_check.sh``
+  instructions instead (48.3 per element at 32,000 with 250, against 42.4). ``benchmarks/gpu_check.sh``
   measures the DRAM bytes with ncu.
 - ``rows``: the rest of the program's threads take further rows; a row spans at most
   ``MAX_WARPS`` warps.
