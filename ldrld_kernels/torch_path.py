@@ -77,9 +77,11 @@ def ldrld_rows(
     v = teacher.detach().to(dtype) / T
     u_top, v_top = u.gather(1, top), v.gather(1, top)
 
-    # Dense pairs, all at once; the weights are 0 on and below the diagonal.
-    weights = _pair_weights(k, config.adw_scale, config.adw_decay, config.adw_offset, dtype,
-                            device)
+    # Dense pairs, all at once; the weights are 0 on and below the diagonal. Under
+    # torch.compile the weights are traced as constants (Dynamo cannot trace a cache).
+    weights_of = adw_weights if torch.compiler.is_compiling() else _pair_weights
+    weights = weights_of(k, config.adw_scale, config.adw_decay, config.adw_offset, dtype=dtype,
+                         device=device)
     a = v_top[:, :, None] - v_top[:, None, :]
     b = u_top[:, :, None] - u_top[:, None, :]
     p_pair = torch.sigmoid(a)

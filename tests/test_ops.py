@@ -32,6 +32,8 @@ def _models(num_classes: int):
     return student, teacher, inputs, target
 
 
+# a user compiling a training step sees no warnings from the loss
+@pytest.mark.filterwarnings("error::UserWarning")
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("num_classes", [100, 20000])
 def test_compiled_step_matches_eager(backend, num_classes):
@@ -54,6 +56,7 @@ def test_compiled_step_matches_eager(backend, num_classes):
 
 @pytest.mark.skipif(not hasattr(torch._dynamo.config, "trace_autograd_ops"),
                     reason="this PyTorch cannot trace backward() inside a compiled region")
+@pytest.mark.filterwarnings("error::UserWarning")
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_compiled_step_with_backward_inside(backend):
     student, teacher, inputs, target = _models(100)
