@@ -82,7 +82,7 @@ def _local_term_rows(top_s, top_t, k, T, alpha, adw_scale, adw_decay, adw_offset
     # Dense pairs as a [ROWS, K_PAD, K_PAD] tile, weighted by ADW (0 outside i < j < k).
     rank_i = (ranks + 1).to(tl.float32)[:, None]
     rank_j = (ranks + 1).to(tl.float32)[None, :]
-    is_pair = (ranks[:, None] < ranks[None, :]) & (ranks < k)[None, :]
+    is_pair = (ranks[:, None] < ranks[None, :]) & in_top
     w = tl.where(is_pair, adw_scale * tl.exp(-adw_decay * (rank_i + rank_j))
                  / (adw_offset + tl.abs(rank_i - rank_j)), 0.0)[None, :, :]
     a = v_top[:, :, None] - v_top[:, None, :]
@@ -116,7 +116,7 @@ def _local_term_rows(top_s, top_t, k, T, alpha, adw_scale, adw_decay, adw_offset
     grad_s = scale * (tl.sum(pair, axis=2) - tl.sum(pair, axis=1) + tl.exp2(log_q_top) - p_top)
     grad_t = tl.zeros_like(grad_s)
     if TEACHER_GRAD:
-        pair = w * p_pair * (LN2 * log_ratio_i - LN2 * kl_pair)
+        pair = w * p_pair * (LN2 * (log_ratio_i - kl_pair))
         grad_t = scale * (tl.sum(pair, axis=2) - tl.sum(pair, axis=1)
                           + p_top * (LN2 * log_ratio_top - kl_top[:, None]))
     return local, grad_s, grad_t
