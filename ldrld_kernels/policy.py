@@ -63,11 +63,6 @@ class FusedLaunch:
         caps a 16-warp program lower on its own, and spills."""
         return 65536 // max(16, self.num_warps) // THREADS_PER_WARP
 
-    @property
-    def block(self) -> int:
-        """Classes of one row per chunk."""
-        return self.lanes * self.vec
-
 
 def fused_launch(num_classes: int, student_itemsize: int, teacher_itemsize: int,
                  lanes: int | None = None) -> FusedLaunch:

@@ -213,13 +213,18 @@ def _tool(name: str) -> str:
     return getattr(knobs.nvidia, name).path
 
 
-def disassemble(cubin: bytes) -> tuple[list[Instruction], dict[str, int]]:
-    """The kernel's instructions with their source lines, and its branch labels."""
+def _read_cubin(tool: str, options: list[str], cubin: bytes) -> str:
+    """What Triton's ``tool`` (nvdisasm, cuobjdump) prints for ``cubin``."""
     with tempfile.NamedTemporaryFile(suffix=".cubin") as handle:
         handle.write(cubin)
         handle.flush()
-        text = subprocess.run([_tool("nvdisasm"), "-c", "-g", handle.name],
-                              capture_output=True, text=True, check=True).stdout
+        return subprocess.run([_tool(tool), *options, handle.name], capture_output=True,
+                              text=True, check=True).stdout
+
+
+def disassemble(cubin: bytes) -> tuple[list[Instruction], dict[str, int]]:
+    """The kernel's instructions with their source lines, and its branch labels."""
+    text = _read_cubin("nvdisasm", ["-c", "-g"], cubin)
     instructions: list[Instruction] = []
     labels: dict[str, int] = {}
     source = None
@@ -239,11 +244,7 @@ def disassemble(cubin: bytes) -> tuple[list[Instruction], dict[str, int]]:
 def resource_usage(cubin: bytes) -> dict[str, int]:
     """REG, STACK, SHARED, LOCAL of the kernel as ``cuobjdump --dump-resource-usage``
     reports them."""
-    with tempfile.NamedTemporaryFile(suffix=".cubin") as handle:
-        handle.write(cubin)
-        handle.flush()
-        text = subprocess.run([_tool("cuobjdump"), "--dump-resource-usage", handle.name],
-                              capture_output=True, text=True, check=True).stdout
+    text = _read_cubin("cuobjdump", ["--dump-resource-usage"], cubin)
     function = text[text.index("Function"):] if "Function" in text else text
     return {key: int(value) for key, value in re.findall(r"\b(REG|STACK|SHARED|LOCAL):(\d+)",
                                                          function)}
@@ -618,7 +619,7 @@ def check_budgets(profiles: Sequence[CallProfile]) -> list[str]:
         # the backward scale kernel touches nothing in a plain loss.backward(): not a launch
         # of the step's data path
         launches = [k for k in call.kernels if k.name != "_scale_kernel"]
-        if budget.max_launches is not None and len(launches) > budget.max_launches:
+        if len(launches) > budget.max_launches:
             broken.append(f"{where}: {len(launches)} launches > {budget.max_launches}")
         mufu = sum(kernel.mufu_per_element for kernel in call.kernels)
         if budget.mufu_per_element is not None and mufu > budget.mufu_per_element:
@@ -626,7 +627,7 @@ def check_budgets(profiles: Sequence[CallProfile]) -> list[str]:
                           f"{budget.mufu_per_element:g}")
         for kernel in call.kernels:
             spills = kernel.spill_store_bytes + kernel.spill_load_bytes
-            if budget.spill_bytes is not None and spills > budget.spill_bytes:
+            if spills > budget.spill_bytes:
                 broken.append(f"{where}: {kernel.name} spills {spills} bytes")
             if kernel in launches and kernel.resident_warps < budget.min_resident_warps:
                 broken.append(f"{where}: {kernel.name} keeps {kernel.resident_warps} warps "
