@@ -1,6 +1,9 @@
 """Inputs and expectations shared by the test modules."""
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,10 +13,20 @@ from ldrld_kernels.api import resolve_backend
 from ldrld_kernels.check import compare_with_reference
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+ROOT = Path(__file__).resolve().parents[1]
 
 GOLDEN = json.loads((Path(__file__).parent / "data" / "released_ldrld.json").read_text())
 GOLDEN_IDS = [f"C{case['classes']}-k{case['k']}-T{case['temperature']:g}"
               for case in GOLDEN["cases"]]
+
+
+def run_python(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``python ARGS`` as a user's shell starts it: a fresh process without the
+    TRITON_INTERPRET of this session, in the repository root and with it on the path."""
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env,
+                          timeout=timeout, check=False, cwd=ROOT)
 
 
 def random_logits(*shape: int, dtype=torch.float32, scale: float = 3.0, seed: int = 0):

@@ -1,17 +1,15 @@
 """The ``ldrld`` command: ``check``'s table and exit code, the argument handling of both
 commands, and what a clean run of each prints."""
 
-import os
 import re
 import subprocess
-import sys
 
 import pytest
 import torch
 
 from ldrld_kernels import cli
 from ldrld_kernels.check import Comparison
-from tests.helpers import requires_triton
+from tests.helpers import requires_triton, run_python
 
 
 def test_check_passes_and_prints_a_table(capsys):
@@ -69,11 +67,8 @@ def test_unavailable_device_is_one_line(command, capsys):
 
 
 def _run_cli(*args: str) -> subprocess.CompletedProcess:
-    """``ldrld`` as a user runs it: a fresh process with the environment of the shell (no
-    TRITON_INTERPRET set beforehand)."""
-    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
-    return subprocess.run([sys.executable, "-m", "ldrld_kernels", *args], capture_output=True,
-                          text=True, timeout=300, check=False, env=env)
+    """``ldrld`` as a user runs it."""
+    return run_python("-m", "ldrld_kernels", *args)
 
 
 def test_clean_check_prints_nothing_on_stderr():
@@ -98,9 +93,6 @@ def test_clean_bench_prints_only_progress_on_stderr(tmp_path):
 
 
 def test_module_entry_point():
-    result = subprocess.run(
-        [sys.executable, "-m", "ldrld_kernels", "check", "--backend", "torch", "--shape",
-         "2x20x3", "--dtype", "float64"], capture_output=True, text=True, timeout=120,
-        check=False)
+    result = _run_cli("check", "--backend", "torch", "--shape", "2x20x3", "--dtype", "float64")
     assert result.returncode == 0, result.stderr
     assert "PASS" in result.stdout

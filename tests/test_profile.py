@@ -8,15 +8,11 @@ their own.
 
 import json
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from ldrld_kernels import profile
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import ROOT, run_python
 
 
 def _compiler_available() -> bool:
@@ -32,16 +28,9 @@ requires_compiler = pytest.mark.skipif(not _compiler_available(),
                                        reason="needs Triton's CUDA backend")
 
 
-def _run(*command: str) -> subprocess.CompletedProcess:
-    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    return subprocess.run([sys.executable, *command], capture_output=True, text=True,
-                          env=env, timeout=900, check=False, cwd=ROOT)
-
-
 @pytest.fixture(scope="module")
 def cases():
-    result = _run(str(ROOT / "tests" / "profile_cases.py"))
+    result = run_python(str(ROOT / "tests" / "profile_cases.py"), timeout=900)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
 
@@ -96,7 +85,7 @@ def test_every_ldrld_variant_compiles(cases):
 @requires_compiler
 def test_profile_command(tmp_path):
     path = tmp_path / "profile.json"
-    result = _run("-m", "ldrld_kernels", "profile", "--classes", "1000", "--rows", "64",
+    result = run_python("-m", "ldrld_kernels", "profile", "--classes", "1000", "--rows", "64",
                   "--dtype", "bfloat16", "--json", str(path))
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
