@@ -1,9 +1,10 @@
 """Which Triton kernel serves which call, and how it is launched: the one policy that the
 launchers and ``ldrld profile`` both read.
 
-Rows of up to ``MAX_FUSED`` classes go to the fused kernel (``triton_fused``): one launch,
-each row streamed by ``lanes`` threads in chunks of ``lanes x vec`` classes, ``rows`` rows per
-program. Wider rows go to the chunked kernels (``triton_chunked``).
+Rows of up to ``MAX_FUSED`` classes go to the fused kernel (``triton_fused``) whole: one
+launch, each row streamed by ``lanes`` threads in chunks of ``lanes x vec`` classes, ``rows``
+rows per program. Wider rows are split over several programs each, in waves of rows that fit
+in the L2 (``split_launch``; two launches per wave).
 
 Why these numbers:
 - ``vec``: the elements of one 16-byte (128-bit) access of the widest input, which is also
@@ -32,11 +33,20 @@ Why these numbers:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-# One program streams any row up to this width; past it the chunked kernels split a row over
-# several programs so that a few rows still fill the GPU.
+from ldrld_kernels.hardware import Hardware
+
+# One program streams any row up to this width; past it a row is split over several programs
+# so that a few rows still fill the GPU.
 MAX_FUSED = 65536
+# Wide rows: a wave's logits take at most this share of the L2 (the rest holds the gradients
+# written meanwhile and the workspace), each split streams at least MIN_SPLIT_CHUNKS chunks,
+# and a wave has enough programs for RESIDENT_WARPS warps on every SM (the budgets' floor).
+L2_SHARE = 0.5
+MIN_SPLIT_CHUNKS = 4
+MAX_SPLITS = 32  # the merge's tile is MAX_SPLITS x K_PAD candidates per program
+RESIDENT_WARPS = 16
 # The fewest classes per thread (bfloat16; float32 takes half as many, the same bytes).
 ELEMENTS_PER_THREAD = 256
 MAX_WARPS = 16
@@ -56,6 +66,10 @@ class FusedLaunch:
     vec: int  # classes per thread per chunk (one 16-byte access), the selection group
     candidates: int  # groups each thread keeps while it streams the selection pass
     num_warps: int
+    # wide rows (``split_launch``): chunks of lanes x vec classes per split of a row (0: one
+    # program streams whole rows), and rows per wave
+    split_chunks: int = 0
+    wave_rows: int = 0
 
     @property
     def max_registers(self) -> int:
@@ -84,5 +98,53 @@ def fused_launch(num_classes: int, student_itemsize: int, teacher_itemsize: int,
                        num_warps=num_warps)
 
 
-def uses_fused(num_classes: int) -> bool:
-    return num_classes <= MAX_FUSED
+def split_launch(rows: int, num_classes: int, student_itemsize: int, teacher_itemsize: int,
+                 hardware: Hardware, *, lanes: int | None = None, splits: int | None = None,
+                 wave_rows: int | None = None) -> FusedLaunch:
+    """The configuration for rows wider than ``MAX_FUSED``: the layout of the widest fused
+    rows, one row per program, each row split into ranges of whole chunks; ``lanes``,
+    ``splits`` (at most; whole chunks each) and ``wave_rows`` override the policy (tests)."""
+    launch = fused_launch(min(num_classes, MAX_FUSED), student_itemsize, teacher_itemsize, lanes)
+    num_warps = max(1, launch.lanes // THREADS_PER_WARP)
+    row_bytes = num_classes * (student_itemsize + teacher_itemsize)
+    if wave_rows is None:
+        most = max(1, int(hardware.l2_bytes * L2_SHARE) // row_bytes)
+        wave_rows = math.ceil(rows / math.ceil(rows / most))  # waves of even size
+    wave_rows = max(1, min(wave_rows, rows))
+    chunks = math.ceil((num_classes + launch.vec - 1) / (launch.lanes * launch.vec))
+    if splits is None:
+        programs = hardware.multiprocessors * max(1, RESIDENT_WARPS // num_warps)
+        splits = min(math.ceil(programs / wave_rows), chunks // MIN_SPLIT_CHUNKS, MAX_SPLITS)
+    return replace(launch, rows=1, num_warps=num_warps, wave_rows=wave_rows,
+                   split_chunks=math.ceil(chunks / max(1, min(splits, chunks))))
+
+
+def launch_for(rows: int, num_classes: int, student_itemsize: int, teacher_itemsize: int,
+               hardware: Hardware) -> FusedLaunch:
+    """The policy: whole rows per program up to ``MAX_FUSED`` classes, split rows past it."""
+    if num_classes <= MAX_FUSED:
+        return fused_launch(num_classes, student_itemsize, teacher_itemsize)
+    return split_launch(rows, num_classes, student_itemsize, teacher_itemsize, hardware)
+
+
+def hbm_bytes_per_element(rows: int, num_classes: int, student_itemsize: int,
+                          teacher_itemsize: int, teacher_grad: bool,
+                          hardware: Hardware) -> float:
+    """The HBM traffic model, bytes per logit element of a training step. Compulsory: one read
+    of each input and one write of each gradient. Both designs read a row three times (the
+    ranking logits, then both inputs twice), so the ranking input and both inputs once more
+    come from L2 when the bytes waiting for their re-read fit in it, and in the share
+    1 - L2 / waiting from HBM when they do not. Waiting: for whole rows, about 60% of every
+    resident program's rows (a row streams while its re-reads wait); for wide rows, the
+    wave's logits, which ``split_launch`` keeps under ``L2_SHARE`` of the L2."""
+    compulsory = (student_itemsize + teacher_itemsize + student_itemsize
+                  + (teacher_itemsize if teacher_grad else 0))
+    rereads = 2 * student_itemsize + teacher_itemsize  # ranked by the student (the default)
+    launch = launch_for(rows, num_classes, student_itemsize, teacher_itemsize, hardware)
+    row_bytes = num_classes * (student_itemsize + teacher_itemsize)
+    if launch.split_chunks:
+        waiting = launch.wave_rows * row_bytes
+    else:
+        programs = hardware.multiprocessors * max(1, RESIDENT_WARPS // launch.num_warps)
+        waiting = 0.6 * programs * launch.rows * row_bytes
+    return compulsory + rereads * max(0.0, 1.0 - hardware.l2_bytes / waiting)

@@ -56,6 +56,7 @@ from pathlib import Path
 
 import torch
 
+from ldrld_kernels import policy
 from ldrld_kernels.config import LossConfig
 from ldrld_kernels.hardware import HOPPER, assume
 
@@ -109,7 +110,9 @@ class Launch:
 
     @property
     def name(self) -> str:
-        return self.kernel.fn.__name__
+        """The kernel's name, with its phase when it runs in several (``SPLIT_PHASE``)."""
+        phase = self.args.get("SPLIT_PHASE")
+        return self.kernel.fn.__name__ + (f":{phase}" if phase else "")
 
     @property
     def num_warps(self) -> int:
@@ -419,7 +422,8 @@ def _where(source: tuple[str, int] | None) -> str:
 @dataclass
 class KernelProfile:
     name: str
-    grid: list[int]
+    grid: list[int]  # of the first launch
+    launches: int  # alike launches counted together (one per wave of wide rows)
     num_warps: int
     registers: int
     spill_store_bytes: int
@@ -446,13 +450,15 @@ def _namespace(launch: Launch) -> dict:
     module = importlib.import_module(launch.kernel.fn.__module__)
     hints = getattr(module, "profile_hints", None)
     if hints is not None:
-        values.update(hints(launch.name, dict(values)))
+        values.update(hints(launch.kernel.fn.__name__, dict(values)))
     return values
 
 
-def profile_launch(launch: Launch, rows: int, classes: int) -> KernelProfile:
+def profile_launch(launch: Launch, rows: int, classes: int, launches: int = 1,
+                   programs: int | None = None) -> KernelProfile:
     """Resources and executed-instruction counts of one launch, per element of a call on
-    ``rows`` x ``classes`` logits."""
+    ``rows`` x ``classes`` logits; or of ``launches`` alike (the waves of wide rows) that
+    run ``programs`` programs in all."""
     cubin = launch.compiled.asm["cubin"]
     instructions, labels = disassemble(cubin)
     namespace = _namespace(launch)
@@ -467,7 +473,7 @@ def profile_launch(launch: Launch, rows: int, classes: int) -> KernelProfile:
     counts, regions = execution_counts(instructions, labels, evaluate)
     usage = resource_usage(cubin)
     threads = launch.num_warps * 32
-    programs = math.prod(launch.grid)
+    programs = programs or math.prod(launch.grid)
     elements = rows * classes
     scale = threads * programs / elements
 
@@ -492,7 +498,8 @@ def profile_launch(launch: Launch, rows: int, classes: int) -> KernelProfile:
     shared = max(launch.compiled.metadata.shared, usage.get("SHARED", 0))
     ctas = resident_ctas(usage.get("REG", 0), launch.num_warps, shared)
     return KernelProfile(
-        name=launch.name, grid=list(launch.grid), num_warps=launch.num_warps,
+        name=launch.name, grid=list(launch.grid), launches=launches,
+        num_warps=launch.num_warps,
         registers=usage.get("REG", 0), spill_store_bytes=static_bytes("STL"),
         spill_load_bytes=static_bytes("LDL"), stack_bytes=usage.get("STACK", 0),
         shared_bytes=shared, resident_ctas=ctas, resident_warps=ctas * launch.num_warps,
@@ -517,6 +524,7 @@ class CallProfile:
     teacher_grad: bool
     bytes_per_element: int
     kernels: list[KernelProfile]
+    hbm_bytes_per_element: float = 0.0  # the design's model (policy.hbm_bytes_per_element)
     instructions_per_element: float = 0.0
     ceiling_h100: float = 0.0  # % of copy bandwidth the issue rate allows
     ceiling_h200: float = 0.0
@@ -559,8 +567,21 @@ def profile_call(rows: int, classes: int, dtype: str = "bfloat16", k: int = 7,
     labels = torch.zeros(rows, dtype=torch.long) if target else None
     launches = compile_call(student, teacher, labels, LossConfig(k=k), True, teacher_grad)
     moved = torch_dtype.itemsize * (3 + teacher_grad)  # read both, write the gradient(s)
+    # the waves of wide rows launch the same kernels with the same arguments but the first
+    # row (and a smaller last wave): counted once each, over all their programs
+    alike: dict[tuple, list[Launch]] = {}
+    for launch in launches:
+        key = (launch.name, id(launch.compiled),
+               tuple((name, value) for name, value in launch.args.items()
+                     if name != "row0" and not isinstance(value, torch.Tensor)))
+        alike.setdefault(key, []).append(launch)
     return CallProfile(rows, classes, dtype, k, target, teacher_grad, moved,
-                       [profile_launch(launch, rows, classes) for launch in launches])
+                       [profile_launch(group[0], rows, classes, len(group),
+                                       sum(math.prod(launch.grid) for launch in group))
+                        for group in alike.values()],
+                       hbm_bytes_per_element=policy.hbm_bytes_per_element(
+                           rows, classes, torch_dtype.itemsize, torch_dtype.itemsize,
+                           teacher_grad, HOPPER))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -575,7 +596,7 @@ class Budget:
     instructions_per_element: float
     spill_bytes: int = 0
     min_resident_warps: int = 16
-    max_launches: int = 1
+    max_kernels: int = 1  # kernels of the data path (wide rows launch each once per wave)
     mufu_per_element: float | None = None
 
 
@@ -586,22 +607,24 @@ def _fused(instructions: float) -> Budget:
     return Budget(instructions, mufu_per_element=5.0)
 
 
-# (classes, dtype) -> limits, held with Triton 3.9 and 3.6 alike (CI checks both).
-# The fused kernel (up to 65,536 classes): issue 11's bars, 64 / 80 instructions per element at
-# 1,000 classes and 48 / 64 above, except where Triton 3.6 compiles the same kernel to more:
-# 1,000 bfloat16 (67.1 with 3.6, 62.3 with 3.9), 4,096 (48.2 / 46.0) and 65,536 (48.5 / 47.0).
-# Wider rows (the chunked kernels, issue 12): regression guards at the counts of 2026-11-28.
-BUDGETS: dict[tuple[int, str], Budget] = {
-    (1000, "bfloat16"): _fused(68), (1000, "float32"): _fused(80),
-    (4096, "bfloat16"): _fused(49), (4096, "float32"): _fused(64),
-    (8192, "bfloat16"): _fused(48), (8192, "float32"): _fused(64),
-    (16384, "bfloat16"): _fused(48), (16384, "float32"): _fused(64),
-    (21843, "bfloat16"): _fused(48), (21843, "float32"): _fused(64),
-    (32000, "bfloat16"): _fused(48), (32000, "float32"): _fused(64),
-    (50257, "bfloat16"): _fused(48), (50257, "float32"): _fused(64),
-    (65536, "bfloat16"): _fused(49), (65536, "float32"): _fused(64),
-    (131072, "bfloat16"): Budget(178, max_launches=3),
-    (131072, "float32"): Budget(172, max_launches=3),
+# (rows, classes, dtype) -> limits, held with Triton 3.9 and 3.6 alike (CI checks both).
+# Whole rows (one program per row group, up to 65,536 classes): issue 11's bars, 64 / 80
+# instructions per element at 1,000 classes and 48 / 64 above, except where Triton 3.6 compiles
+# the same kernel to more: 1,000 bfloat16 (67.1 with 3.6, 62.3 with 3.9), 4,096 (48.2 / 46.0)
+# and 65,536 (48.5 / 46.9). Wide rows (split over programs, in waves): issue 12's bars, 60 / 80
+# summed over both kernels, at 4,096 x 131,072, 2,048 x 262,144 and 16 x 262,144.
+BUDGETS: dict[tuple[int, int, str], Budget] = {
+    (4096, 1000, "bfloat16"): _fused(68), (4096, 1000, "float32"): _fused(80),
+    (4096, 4096, "bfloat16"): _fused(49), (4096, 4096, "float32"): _fused(64),
+    (4096, 8192, "bfloat16"): _fused(48), (4096, 8192, "float32"): _fused(64),
+    (4096, 16384, "bfloat16"): _fused(48), (4096, 16384, "float32"): _fused(64),
+    (4096, 21843, "bfloat16"): _fused(48), (4096, 21843, "float32"): _fused(64),
+    (4096, 32000, "bfloat16"): _fused(48), (4096, 32000, "float32"): _fused(64),
+    (4096, 50257, "bfloat16"): _fused(48), (4096, 50257, "float32"): _fused(64),
+    (4096, 65536, "bfloat16"): _fused(49), (4096, 65536, "float32"): _fused(64),
+    **{(rows, classes, dtype): Budget(limit, max_kernels=2, mufu_per_element=5.0)
+       for rows, classes in ((4096, 131072), (2048, 262144), (16, 262144))
+       for dtype, limit in (("bfloat16", 60), ("float32", 80))},
 }
 
 
@@ -609,18 +632,18 @@ def check_budgets(profiles: Sequence[CallProfile]) -> list[str]:
     """One line per broken budget (profiles of calls without a budget are not held)."""
     broken = []
     for call in profiles:
-        budget = BUDGETS.get((call.classes, call.dtype))
+        budget = BUDGETS.get((call.rows, call.classes, call.dtype))
         if budget is None or call.k != 7 or not call.target or call.teacher_grad:
             continue
-        where = f"C={call.classes} {call.dtype}"
+        where = f"{call.rows} x {call.classes} {call.dtype}"
         if call.instructions_per_element > budget.instructions_per_element:
             broken.append(f"{where}: {call.instructions_per_element:.1f} instructions per "
                           f"element > {budget.instructions_per_element:g}")
         # the backward scale kernel touches nothing in a plain loss.backward(): not a launch
         # of the step's data path
         launches = [k for k in call.kernels if k.name != "_scale_kernel"]
-        if len(launches) > budget.max_launches:
-            broken.append(f"{where}: {len(launches)} launches > {budget.max_launches}")
+        if len(launches) > budget.max_kernels:
+            broken.append(f"{where}: {len(launches)} kernels > {budget.max_kernels}")
         mufu = sum(kernel.mufu_per_element for kernel in call.kernels)
         if budget.mufu_per_element is not None and mufu > budget.mufu_per_element:
             broken.append(f"{where}: {mufu:.2f} MUFU operations per element > "
@@ -639,9 +662,9 @@ def check_budgets(profiles: Sequence[CallProfile]) -> list[str]:
 # Report
 # ---------------------------------------------------------------------------------------------
 
-COLUMNS = ("C", "dtype", "kernel", "grid", "warps", "regs", "spill B", "smem B", "CTAs/SM",
-           "warps/SM", "bar/row", "MUFU/el", "ld bits", "st bits", "instr/el", "H100 %",
-           "H200 %")
+COLUMNS = ("rows", "C", "dtype", "kernel", "grid", "warps", "regs", "spill B", "smem B", "CTAs/SM",
+           "warps/SM", "bar/row", "MUFU/el", "ld bits", "st bits", "instr/el", "HBM B/el",
+           "H100 %", "H200 %")
 
 
 def table_rows(profiles: Sequence[CallProfile]) -> list[list[str]]:
@@ -649,7 +672,8 @@ def table_rows(profiles: Sequence[CallProfile]) -> list[list[str]]:
     for call in profiles:
         for kernel in call.kernels:
             rows.append([
-                str(call.classes), call.dtype, kernel.name.strip("_"),
+                str(call.rows), str(call.classes), call.dtype, kernel.name.strip("_"),
+                ("" if kernel.launches == 1 else f"{kernel.launches} x ") +
                 "x".join(map(str, kernel.grid)), str(kernel.num_warps), str(kernel.registers),
                 str(kernel.spill_store_bytes + kernel.spill_load_bytes),
                 str(kernel.shared_bytes), str(kernel.resident_ctas),
@@ -657,17 +681,18 @@ def table_rows(profiles: Sequence[CallProfile]) -> list[list[str]]:
                 f"{kernel.mufu_per_element:.2f}",
                 "/".join(map(str, kernel.load_bits)) or "-",
                 "/".join(map(str, kernel.store_bits)) or "-",
-                f"{kernel.instructions_per_element:.1f}", "", ""])
-        rows.append([str(call.classes), call.dtype, "= call", "", "", "", "", "", "", "", "",
-                     "", "", "", f"{call.instructions_per_element:.1f}",
-                     f"{call.ceiling_h100:.0f}", f"{call.ceiling_h200:.0f}"])
+                f"{kernel.instructions_per_element:.1f}", "", "", ""])
+        rows.append([str(call.rows), str(call.classes), call.dtype, "= call"] + [""] * 11 + [
+                     f"{call.instructions_per_element:.1f}",
+                     f"{call.hbm_bytes_per_element:.1f}", f"{call.ceiling_h100:.0f}",
+                     f"{call.ceiling_h200:.0f}"])
     return rows
 
 
 def format_table(profiles: Sequence[CallProfile]) -> str:
     rows = [list(COLUMNS)] + table_rows(profiles)
     widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
-    lines = ["  ".join(cell.rjust(width) if i not in (1, 2) else cell.ljust(width)
+    lines = ["  ".join(cell.rjust(width) if i not in (2, 3) else cell.ljust(width)
                        for i, (cell, width) in enumerate(zip(row, widths))) for row in rows]
     lines.insert(1, "-" * len(lines[0]))
     return "\n".join(lines)
@@ -681,8 +706,8 @@ def format_markdown(profiles: Sequence[CallProfile]) -> str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--classes", nargs="+", type=int, metavar="C",
-                        default=sorted({classes for classes, _ in BUDGETS}))
-    parser.add_argument("--rows", type=int, default=4096)
+                        help="classes per row (default: the shapes of profile.BUDGETS)")
+    parser.add_argument("--rows", type=int, help="rows (default: 4096 with --classes)")
     parser.add_argument("--dtype", nargs="+", choices=tuple(DTYPES),
                         default=["bfloat16", "float32"])
     parser.add_argument("--k", type=int, default=7)
@@ -698,13 +723,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import triton
 
-    print(f"ldrld profile: Triton {triton.__version__}, sm_{SM_TARGET}, {args.rows} rows, "
+    if args.classes:
+        shapes = [(args.rows or 4096, classes) for classes in args.classes]
+    else:
+        shapes = sorted({(rows, classes) for rows, classes, _ in BUDGETS
+                         if args.rows in (None, rows)}, key=lambda shape: (shape[1], -shape[0]))
+    print(f"ldrld profile: Triton {triton.__version__}, sm_{SM_TARGET}, "
           f"k={args.k}, {'no target' if args.no_target else 'with target'}, "
           f"{'student and teacher' if args.teacher_grad else 'student'} gradient",
           flush=True)
-    profiles = [profile_call(args.rows, classes, dtype, args.k, not args.no_target,
+    profiles = [profile_call(rows, classes, dtype, args.k, not args.no_target,
                              args.teacher_grad)
-                for classes in args.classes for dtype in args.dtype]
+                for rows, classes in shapes for dtype in args.dtype]
     print(format_markdown(profiles) if args.markdown else format_table(profiles))
     if args.json:
         Path(args.json).write_text(json.dumps([dataclasses.asdict(p) for p in profiles],

@@ -1,4 +1,4 @@
-"""Triton device functions shared by the fused and the chunked LDRLD kernels.
+"""Triton device functions of the LDRLD kernel and the backward scale kernel.
 
 With u = s / T and v = t / T, the top-k classes pi and the remaining classes R:
     local = T^2 (sum_{i<j} w_ij KL_ij + KL(softmax(v_pi) || softmax(u_pi))) / (k(k-1)/2 + 1)
@@ -35,11 +35,6 @@ def _log2(x):
 
 
 @triton.jit
-def _log(x):
-    return _log2(x) * LN2
-
-
-@triton.jit
 def _reciprocal(x):
     """1 / x to about 1 ulp with the hardware's reciprocal (the precise division is ten
     instructions)."""
@@ -48,22 +43,6 @@ def _reciprocal(x):
     return libdevice.fast_dividef(1.0, x)
 
 
-@triton.jit
-def _logsigmoid(x):
-    return tl.minimum(x, 0.0) - _log(1.0 + tl.exp(-tl.abs(x)))
-
-
-@triton.jit
-def _load_logits(student_ptr, teacher_ptr, row, cols, mask, stride_s_row, stride_s_col,
-                 stride_t_row, stride_t_col):
-    """Student and teacher logits of ``row`` at ``cols`` in float32, -inf outside ``mask``
-    (64-bit offsets: rows x C passes 2^31 at LLM sizes)."""
-    cols = cols.to(tl.int64)
-    s = tl.load(student_ptr + row * stride_s_row + cols * stride_s_col, mask=mask,
-                other=-float("inf")).to(tl.float32)
-    t = tl.load(teacher_ptr + row * stride_t_row + cols * stride_t_col, mask=mask,
-                other=-float("inf")).to(tl.float32)
-    return s, t
 
 
 @triton.jit
@@ -122,45 +101,8 @@ def _local_term_rows(top_s, top_t, k, T, alpha, adw_scale, adw_decay, adw_offset
     return local, grad_s, grad_t
 
 
-@triton.jit
-def _local_term(top_s, top_t, k, T, alpha, adw_scale, adw_decay, adw_offset,
-                K_PAD: tl.constexpr):
-    """``_local_term_rows`` of one row given as [K_PAD] vectors."""
-    local, grad_s, grad_t = _local_term_rows(top_s[None, :], top_t[None, :], k, T, alpha,
-                                             adw_scale, adw_decay, adw_offset, K_PAD)
-    return tl.sum(local, axis=0), tl.sum(grad_s, axis=0), tl.sum(grad_t, axis=0)
 
 
-# Log-probabilities are formed as (x - max) - log(sum exp(x - max)), never as x - lse: with
-# logits of 1e4 the rounded lse alone is off by 1e-3, which is 4% of a probability near 1/e.
-
-
-@triton.jit
-def _rest_grads(s, t, rest, u_max, u_log_sum, v_max, v_log_sum, kl_rest, T, beta):
-    """beta times the gradients of the remaining-class term, 0 outside ``rest``; u = s / T
-    and v = t / T have (max, log sum exp(x - max)) over the remaining classes."""
-    u = tl.where(rest, s / T, -float("inf"))
-    v = tl.where(rest, t / T, -float("inf"))
-    log_p = (v - v_max) - v_log_sum
-    p = tl.exp(log_p)
-    log_ratio = tl.where(v == -float("inf"), 0.0, log_p - ((u - u_max) - u_log_sum))
-    grad_s = beta * T * (tl.exp((u - u_max) - u_log_sum) - p)
-    grad_t = beta * T * p * (log_ratio - kl_rest)
-    return grad_s, grad_t
-
-
-@triton.jit
-def _ce_grad(s, cols, y, s_max, s_log_sum, ce_weight):
-    return ce_weight * (tl.exp((s - s_max) - s_log_sum) - tl.where(cols == y, 1.0, 0.0))
-
-
-@triton.jit
-def _store_row(loss_ptr, parts_ptr, row, counted, ce, local, rntk, ce_weight, alpha, beta):
-    """The row loss and its unweighted parts (ce, local, rntk); zeros for an ignored row."""
-    tl.store(loss_ptr + row, tl.where(counted, ce_weight * ce + alpha * local + beta * rntk, 0.0))
-    tl.store(parts_ptr + row * 3 + 0, tl.where(counted, ce, 0.0))
-    tl.store(parts_ptr + row * 3 + 1, tl.where(counted, local, 0.0))
-    tl.store(parts_ptr + row * 3 + 2, tl.where(counted, rntk, 0.0))
 
 
 @triton.jit
@@ -170,13 +112,6 @@ def _grad_scale(grad_scale_ptr, SCALE_GRAD: tl.constexpr):
         return tl.load(grad_scale_ptr).to(tl.float32)
     return 1.0
 
-
-@triton.jit
-def _store_grad(ptr, offsets, grad, scale, counted, mask):
-    """``scale`` times a gradient, in the buffer's dtype; zeros for a row that does not
-    count."""
-    tl.store(ptr + offsets, tl.where(counted, grad * scale, 0.0).to(ptr.dtype.element_ty),
-             mask=mask)
 
 
 @triton.jit
@@ -223,8 +158,3 @@ def allocate_outputs(student: torch.Tensor, teacher: torch.Tensor, need_student_
     grad_t = torch.empty_like(teacher, memory_format=torch.contiguous_format) \
         if need_teacher_grad else None
     return row_loss, parts, grad_s, grad_t
-
-
-def num_warps_for(block: int) -> int:
-    """Warps for a program that holds ``block`` elements per vector."""
-    return 4 if block <= 2048 else 8 if block <= 8192 else 16

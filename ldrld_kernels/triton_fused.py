@@ -1,5 +1,5 @@
-"""Fused Triton kernel: one launch computes the LDRLD row losses and their gradients for rows
-of up to ``policy.MAX_FUSED`` classes.
+"""Fused Triton kernel: the LDRLD row losses and their gradients in one launch for rows of up
+to ``policy.MAX_FUSED`` classes, and in two launches per wave of rows for wider ones.
 
 Layout. A program takes ROWS rows as a [ROWS, LANES, VEC] tile: LANES threads per row, each
 reading VEC consecutive classes (one 16-byte access) per chunk of LANES x VEC classes.
@@ -38,6 +38,25 @@ chunk. The row is streamed three times, the second and third reads from L2:
    ``triton_common._local_term_rows``, and the one-hot of the cross-entropy).
 Gradients are stored already multiplied by the mean's 1 / count; backward only scales them
 (``api._LDRLDFunction``) and skips that when the upstream gradient is 1.
+
+Wide rows (past ``policy.MAX_FUSED``: 128K-262K vocabularies) run the same code split over
+several programs per row (``policy.split_launch``: each split whole chunks, at least
+MIN_SPLIT_CHUNKS of them), in waves of rows whose logits fit in half the L2, two launches
+per wave (SPLIT_PHASE):
+1. each split streams steps 1 and 2 over its chunks: its k best groups (the row's top-k
+   classes lie in the union of the splits' k best groups, by the argument of step 1) and the
+   sums of its other classes, written to its record in the workspace. The last of the row's
+   programs to finish (a release-acquire ticket per row) merges the records: sums combined
+   with their offsets, the exact top-k among the splits' winning groups, the rest of those
+   groups' classes added to the sums; it stores the row's loss and, in the row record, what
+   the gradients need (per-row factors, the top-k and target gradients).
+2. each split streams step 3 over its chunks from the row record, then writes the selected
+   classes and the target that lie in it.
+HBM traffic (``policy.hbm_bytes_per_element``): each input read once and each gradient
+written once, when the wave's second and third reads hit in L2 (it holds half the L2 by
+construction); per-row work is done once per split (the selection rounds) or once per row
+(the merge). Extra memory: the workspace, wave rows x (splits x (8 + K_PAD) + 16 + 3 K_PAD)
+float32, whatever the number of rows.
 """
 
 from __future__ import annotations
@@ -47,7 +66,8 @@ import triton
 import triton.language as tl
 
 from ldrld_kernels.config import LossConfig
-from ldrld_kernels.policy import FusedLaunch, fused_launch, uses_fused
+from ldrld_kernels.hardware import hardware_of
+from ldrld_kernels.policy import FusedLaunch, launch_for
 from ldrld_kernels.triton_common import (
     LN2,
     LOG2E,
@@ -58,6 +78,15 @@ from ldrld_kernels.triton_common import (
 )
 
 NO_GROUP = tl.constexpr(2**30)  # group id of an empty candidate slot (ranks last)
+# Wide rows' workspace, float32 words per row of a wave: each split's record, STATS words of
+# sums (m_u, z_u, m_v, z_v, w, m_s, z_s, unused) and the ids of its k best groups (int32 bits,
+# NO_GROUP past them); then the row record, ROW_WORDS words (counted, m_u, m_v, m_s, w_q, w_p,
+# w_ce, t_shift, the target's position, whether it needs its own gradient and that gradient,
+# unused, and the int32 ticket at TICKET), the top-k classes (int32 bits, C past k) and their
+# student and teacher gradients.
+STATS = tl.constexpr(8)
+ROW_WORDS = tl.constexpr(16)
+TICKET = tl.constexpr(15)
 
 
 # ---- Loading ---------------------------------------------------------------------------------
@@ -172,6 +201,22 @@ def _best_group(values, groups):
     """Per row: the best (value, group) of a [ROWS, N] tile, ties to the smaller group."""
     best = tl.max(values, axis=1)
     return best, tl.min(tl.where(values == best[:, None], groups, NO_GROUP), axis=1)
+
+
+@triton.jit
+def _top_classes(key, classes, valid, k, C, K_PAD: tl.constexpr):
+    """The k best of the ``valid`` classes of a [ROWS, A, B] tile (unique class ids, ranked
+    by ``key``, ties to the smaller class) in rank order, [ROWS, K_PAD] (C past the k-th),
+    and which valid classes are left: k rounds of (max, smaller class)."""
+    ranks = tl.arange(0, K_PAD)[None, :]
+    top_c = tl.full([key.shape[0], K_PAD], 0, tl.int32) + C
+    for r in range(k):  # trips: k
+        best = tl.max(tl.max(tl.where(valid, key, -float("inf")), axis=2), axis=1)
+        pick = tl.min(tl.min(tl.where(valid & (key == best[:, None, None]), classes, C),
+                             axis=2), axis=1)
+        valid = valid & (classes != pick[:, None, None])
+        top_c = tl.where(ranks == r, pick[:, None], top_c)
+    return top_c, valid
 
 
 @triton.jit
@@ -360,18 +405,21 @@ def _grad_step(grad_s_ptr, grad_t_ptr, student_ptr, teacher_ptr, s_base, t_base,
 @triton.jit
 def _grad_boundary(grad_s_ptr, grad_t_ptr, student_ptr, teacher_ptr, s_base, t_base, gs_base,
                    gt_base, shift, C, row_ok, c2, counted, m_u, m_v, m_s, w_q, w_p, w_ce,
-                   t_shift, HAS_TARGET: tl.constexpr, STUDENT_GRAD: tl.constexpr,
-                   TEACHER_GRAD: tl.constexpr, VEC: tl.constexpr, T_POW: tl.constexpr):
+                   t_shift, first_here, last_here, HAS_TARGET: tl.constexpr,
+                   STUDENT_GRAD: tl.constexpr, TEACHER_GRAD: tl.constexpr, VEC: tl.constexpr,
+                   T_POW: tl.constexpr):
     """The gradients of the two groups that hold a row's ends but not only its classes: the
-    first (positions below the shift) and the last ((C + shift) not a multiple of VEC); a
-    [ROWS, 2, VEC] tile, element by element."""
+    first (positions below the shift; written when ``first_here``, the program holds the
+    row's first chunk) and the last ((C + shift) not a multiple of VEC; when ``last_here``);
+    a [ROWS, 2, VEC] tile, element by element."""
     shift2 = shift[:, None]
     ends = tl.arange(0, 2)[None, :]
     last = (C + shift2 - 1) // VEC
     groups = tl.where(ends == 0, 0, last)
     # (a row inside one shifted group is written once, as the first)
-    partial = tl.where(ends == 0, shift2 > 0,
-                       ((C + shift2) % VEC != 0) & ((last > 0) | (shift2 == 0)))
+    partial = tl.where(ends == 0, (shift2 > 0) & first_here[:, None],
+                       ((C + shift2) % VEC != 0) & ((last > 0) | (shift2 == 0)) &
+                       last_here[:, None])
     s = _load_groups(student_ptr, s_base, groups, partial, shift[:, None, None], C, 1, VEC,
                      True)
     t = _load_groups(teacher_ptr, t_base, groups, partial, shift[:, None, None], C, 1, VEC,
@@ -385,10 +433,189 @@ def _grad_boundary(grad_s_ptr, grad_t_ptr, student_ptr, teacher_ptr, s_base, t_b
                  STUDENT_GRAD, TEACHER_GRAD)
 
 
-# ---- The kernel ------------------------------------------------------------------------------
+# ---- Per row ---------------------------------------------------------------------------------
 
 
 @triton.jit
+def _row_sums(off_u, z_u, off_v, z_v, w, off_s, z_s):
+    """Per row, the [ROWS, N] parts' (threads' or splits') sums as one: (m_u, z_u, m_v, z_v,
+    w, m_s, z_s). Sums are kept as (whole-number base-2 offset m, z = sum 2^(x c2 - m)):
+    folding m and log2 z into one float would cost 1e-3 per exponent at logits of 1e4."""
+    m_u, z_u_row = _combine(off_u, z_u)
+    m_v, z_v_row = _combine(off_v, z_v)
+    w = tl.sum(_move_w(w, z_v, off_u, off_v, m_u[:, None], m_v[:, None]), axis=1)
+    m_s, z_s_row = _combine(off_s, z_s)
+    return m_u, z_u_row, m_v, z_v_row, w, m_s, z_s_row
+
+
+@triton.jit
+def _row_values(loss_ptr, parts_ptr, student_ptr, teacher_ptr, target_ptr, grad_scale_ptr,
+                stride_s_col, stride_t_col, C, k, T, alpha, beta, ce_weight, adw_scale,
+                adw_decay, adw_offset, ignore_index, rows, rows_in, row_ok, shift, s_row,
+                t_row, c2, m_u, z_u, m_v, z_v, w, m_s, z_s, win_g, HAS_TARGET: tl.constexpr,
+                RANK_BY_TEACHER: tl.constexpr, STUDENT_GRAD: tl.constexpr,
+                TEACHER_GRAD: tl.constexpr, SCALE_GRAD: tl.constexpr, ROWS: tl.constexpr,
+                VEC: tl.constexpr, K_PAD: tl.constexpr, VECTOR: tl.constexpr,
+                T_POW: tl.constexpr):
+    """From the sums of the classes outside the winning groups ``win_g`` ([ROWS, N] group
+    ids, NO_GROUP for none): the exact top-k, the row's loss and parts (stored), and what the
+    gradients need: (counted, m_u, m_v, m_s, w_q, w_p, w_ce, t_shift) for the sweep, the
+    top-k classes (C past k) with their gradients, and the target's position, whether it
+    needs its own value (not selected) and that value."""
+    ranks = tl.arange(0, K_PAD)[None, :]
+    shift3 = shift[:, None, None]
+    # The winning groups' classes (16-byte loads from L1/L2), the exact top-k among them in
+    # rank order, and the others, which join the remaining classes (all of them join the
+    # cross-entropy's).
+    win_ok = win_g != NO_GROUP
+    gathered_p = tl.where(win_ok, win_g, 0)[:, :, None] * VEC + tl.arange(0, VEC)[None, None, :]
+    gathered_ok = win_ok[:, :, None] & (gathered_p >= shift3) & (gathered_p < C + shift3)
+    gs = _load_groups(student_ptr, s_row[:, None, None], win_g, win_ok, shift3, C,
+                      stride_s_col, VEC, VECTOR)
+    gt = _load_groups(teacher_ptr, t_row[:, None, None], win_g, win_ok, shift3, C,
+                      stride_t_col, VEC, VECTOR)
+    top_c, available = _top_classes(gt if RANK_BY_TEACHER else gs, gathered_p - shift3,
+                                    gathered_ok, k, C, K_PAD)
+    N: tl.constexpr = win_g.shape[1] * VEC
+    extra_u = tl.where(tl.reshape(available, [ROWS, N]), tl.reshape(gs, [ROWS, N]),
+                       -float("inf"))
+    extra_v = tl.where(tl.reshape(available, [ROWS, N]), tl.reshape(gt, [ROWS, N]),
+                       -float("inf"))
+    m_u2, z_u = _merge_classes(m_u, z_u, extra_u, c2)
+    m_v2, z_v_all = _merge_classes(m_v, z_v, extra_v, c2)
+    w = _move_w(w, z_v, m_u, m_v, m_u2, m_v2)
+    m_u, m_v, z_v = m_u2, m_v2, z_v_all
+    a_u = tl.fma(extra_u, c2, -m_u[:, None])
+    a_v = tl.fma(extra_v, c2, -m_v[:, None])
+    w += tl.sum(tl.exp2(a_v) * tl.maximum(a_v - a_u, -3.0e38), axis=1)
+    in_top = (ranks < k) & (top_c < C)
+    top_p = top_c + shift[:, None]
+    top_s = tl.where(in_top, _load(student_ptr, s_row[:, None], top_p, in_top, stride_s_col),
+                     0.0)
+    top_t = tl.where(in_top, _load(teacher_ptr, t_row[:, None], top_p, in_top, stride_t_col),
+                     0.0)
+
+    lz_u = _log2(z_u)
+    lz_v = _log2(z_v)
+    kl_rest = LN2 * (w / z_v - (lz_v - lz_u))
+    # one remaining class: the point mass on both sides, KL exactly 0
+    kl_rest = tl.where(C - k == 1, 0.0, kl_rest)
+    if HAS_TARGET:
+        m_s, z_s = _merge_classes(m_s, z_s, tl.where(tl.reshape(gathered_ok, [ROWS, N]),
+                                                     tl.reshape(gs, [ROWS, N]), -float("inf")),
+                                  LOG2E)
+        y = tl.load(target_ptr + rows_in)
+        counted = (y != ignore_index) & row_ok
+        y_safe = tl.where(counted & (y >= 0) & (y < C), y, 0)
+        y_p = y_safe + shift
+        s_y = tl.load(student_ptr + s_row + y_p * stride_s_col).to(tl.float32)
+        ce = tl.fma(LN2, m_s, -s_y) + LN2 * _log2(z_s)
+    else:
+        counted = row_ok
+        y_p = shift
+        ce = tl.zeros([ROWS], tl.float32)
+    local, grad_top_s, grad_top_t = _local_term_rows(top_s, top_t, k, T, alpha, adw_scale,
+                                                     adw_decay, adw_offset, K_PAD,
+                                                     TEACHER_GRAD)
+    rntk = T * T * kl_rest
+    tl.store(loss_ptr + rows, tl.where(counted, ce_weight * ce + alpha * local + beta * rntk,
+                                       0.0), mask=row_ok)
+    tl.store(parts_ptr + rows * 3 + 0, tl.where(counted, ce, 0.0), mask=row_ok)
+    tl.store(parts_ptr + rows * 3 + 1, tl.where(counted, local, 0.0), mask=row_ok)
+    tl.store(parts_ptr + rows * 3 + 2, tl.where(counted, rntk, 0.0), mask=row_ok)
+
+    # per row: q_c = 2^a_u / z_u, p_c = 2^a_v / z_v, and softmax(s)_c =
+    # 2^(s_c log2 e - m_s) / z_s = (2^a_u)^T 2^(T m_u - m_s) / z_s
+    scale = _grad_scale(grad_scale_ptr, SCALE_GRAD)
+    rest_w = beta * T * scale
+    ce_w = ce_weight * scale
+    w_q = rest_w / z_u
+    w_p = rest_w / z_v
+    w_ce = tl.zeros([ROWS], tl.float32)
+    if HAS_TARGET:
+        if T_POW == 0:
+            w_ce = ce_w / z_s
+        else:
+            w_ce = ce_w * tl.exp2(T_POW * m_u - m_s) / z_s  # whole numbers: exact
+    else:
+        m_s = tl.zeros([ROWS], tl.float32)
+    t_shift = LN2 * (lz_u - lz_v) - kl_rest
+    keep = counted[:, None]
+    g_top_s = tl.zeros([ROWS, K_PAD], tl.float32)
+    y_rest = tl.zeros([ROWS], tl.int1)
+    g_y = tl.zeros([ROWS], tl.float32)
+    if STUDENT_GRAD:
+        g_top_s = grad_top_s * scale
+        if HAS_TARGET:
+            g_top_s += (ce_w / z_s)[:, None] * tl.exp2(tl.fma(top_s, LOG2E, -m_s[:, None])) - \
+                tl.where(top_c == y[:, None], ce_w, 0.0)
+            # the target, when it is not among the selected classes
+            y_rest = counted & (tl.max((top_c == y[:, None]).to(tl.int32), axis=1) == 0)
+            t_y = tl.load(teacher_ptr + t_row + y_p * stride_t_col).to(tl.float32)
+            g_y = w_q * tl.exp2(tl.fma(s_y, c2, -m_u)) - w_p * tl.exp2(tl.fma(t_y, c2, -m_v)) + \
+                (ce_w / z_s) * tl.exp2(tl.fma(s_y, LOG2E, -m_s)) - ce_w
+        g_top_s = tl.where(keep, g_top_s, 0.0)
+    g_top_t = tl.where(keep, grad_top_t * scale, 0.0)
+    return (counted, m_u, m_v, m_s, w_q, w_p, w_ce, t_shift, tl.where(in_top, top_c, C),
+            g_top_s, g_top_t, y_p, y_rest, g_y)
+
+
+@triton.jit
+def _merge_splits(loss_ptr, parts_ptr, student_ptr, teacher_ptr, target_ptr, grad_scale_ptr,
+                  stride_s_col, stride_t_col, C, k, T, alpha, beta, ce_weight, adw_scale,
+                  adw_decay, adw_offset, ignore_index, rows, rows_in, row_ok, shift, s_row,
+                  t_row, c2, records, row_record, splits, HAS_TARGET: tl.constexpr,
+                  RANK_BY_TEACHER: tl.constexpr, STUDENT_GRAD: tl.constexpr,
+                  TEACHER_GRAD: tl.constexpr, SCALE_GRAD: tl.constexpr, ROWS: tl.constexpr,
+                  VEC: tl.constexpr, K_PAD: tl.constexpr, VECTOR: tl.constexpr,
+                  T_POW: tl.constexpr, S_PAD: tl.constexpr):
+    """A wide row's values from its splits' records (``_row_values``), stored in its row
+    record for the gradient launch. Loads go through L2 (``.cg``): the records come from
+    programs on other SMs."""
+    SPLIT_RECORD: tl.constexpr = STATS + K_PAD
+    parts = records[:, None] + tl.arange(0, S_PAD)[None, :] * SPLIT_RECORD
+    has = tl.arange(0, S_PAD)[None, :] < splits
+    m_u, z_u, m_v, z_v, w, m_s, z_s = _row_sums(
+        tl.load(parts + 0, mask=has, other=-1e30, cache_modifier=".cg"),
+        tl.load(parts + 1, mask=has, other=0.0, cache_modifier=".cg"),
+        tl.load(parts + 2, mask=has, other=-1e30, cache_modifier=".cg"),
+        tl.load(parts + 3, mask=has, other=0.0, cache_modifier=".cg"),
+        tl.load(parts + 4, mask=has, other=0.0, cache_modifier=".cg"),
+        tl.load(parts + 5, mask=has, other=-1e30, cache_modifier=".cg"),
+        tl.load(parts + 6, mask=has, other=0.0, cache_modifier=".cg"))
+    slot = tl.arange(0, S_PAD * K_PAD)[None, :]
+    has = slot // K_PAD < splits
+    cells = records[:, None] + (slot // K_PAD) * SPLIT_RECORD + STATS + slot % K_PAD
+    win_g = tl.where(has, tl.load(cells, mask=has, other=0.0, cache_modifier=".cg")
+                     .to(tl.int32, bitcast=True), NO_GROUP)
+    (counted, m_u, m_v, m_s, w_q, w_p, w_ce, t_shift, top_c, g_top_s, g_top_t, y_p, y_rest,
+     g_y) = _row_values(
+        loss_ptr, parts_ptr, student_ptr, teacher_ptr, target_ptr, grad_scale_ptr,
+        stride_s_col, stride_t_col, C, k, T, alpha, beta, ce_weight, adw_scale, adw_decay,
+        adw_offset, ignore_index, rows, rows_in, row_ok, shift, s_row, t_row, c2, m_u, z_u,
+        m_v, z_v, w, m_s, z_s, win_g, HAS_TARGET, RANK_BY_TEACHER, STUDENT_GRAD, TEACHER_GRAD,
+        SCALE_GRAD, ROWS, VEC, K_PAD, VECTOR, T_POW)
+    tl.store(row_record + 0, counted.to(tl.float32))
+    tl.store(row_record + 1, m_u)
+    tl.store(row_record + 2, m_v)
+    tl.store(row_record + 3, m_s)
+    tl.store(row_record + 4, w_q)
+    tl.store(row_record + 5, w_p)
+    tl.store(row_record + 6, w_ce)
+    tl.store(row_record + 7, t_shift)
+    tl.store(row_record + 8, y_p.to(tl.int32).to(tl.float32, bitcast=True))
+    tl.store(row_record + 9, y_rest.to(tl.float32))
+    tl.store(row_record + 10, g_y)
+    cells = (row_record + ROW_WORDS)[:, None] + tl.arange(0, K_PAD)[None, :]
+    tl.store(cells, top_c.to(tl.float32, bitcast=True))
+    tl.store(cells + K_PAD, g_top_s)
+    tl.store(cells + 2 * K_PAD, g_top_t)
+
+
+# ---- The kernel ------------------------------------------------------------------------------
+
+
+@triton.jit(do_not_specialize=["row0"])  # one variant for every wave
 def _ldrld_fused_kernel(
     # pointers
     loss_ptr, parts_ptr, grad_s_ptr, grad_t_ptr,
@@ -397,6 +624,9 @@ def _ldrld_fused_kernel(
     stride_s_row, stride_s_col, stride_t_row, stride_t_col, stride_gs_row, stride_gt_row,
     # sizes
     n_rows, C, k,
+    # wide rows (SPLIT_PHASE 1 and 2): the wave's first row, splits per row, chunks per split,
+    # and the (wave rows, splits, RECORD) float32 records of the statistics pass
+    row0, splits, split_chunks, work_ptr,
     # runtime scalars
     T, alpha, beta, ce_weight, adw_scale, adw_decay, adw_offset, ignore_index,
     # flags
@@ -406,9 +636,18 @@ def _ldrld_fused_kernel(
     ROWS: tl.constexpr, LANES: tl.constexpr, VEC: tl.constexpr, KPL: tl.constexpr,
     K_PAD: tl.constexpr, ROW_ALIGN: tl.constexpr, SHIFTED: tl.constexpr, VECTOR: tl.constexpr,
     S_PACKED: tl.constexpr, T_PACKED: tl.constexpr, T_POW: tl.constexpr,
+    SPLIT_PHASE: tl.constexpr, S_PAD: tl.constexpr,
 ):
     BLOCK: tl.constexpr = LANES * VEC
-    rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
+    SPLIT_RECORD: tl.constexpr = STATS + K_PAD
+    if SPLIT_PHASE == 0:
+        rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
+    else:  # one row per program (ROWS is 1), split program_id(1) of it
+        rows = row0 + tl.program_id(0).to(tl.int64) + tl.arange(0, ROWS)
+        # the row's workspace: its splits' records, then its row record
+        records = work_ptr + tl.zeros([ROWS], tl.int64) + tl.program_id(0).to(tl.int64) * \
+            (splits * SPLIT_RECORD + ROW_WORDS + 3 * K_PAD)
+        row_record = records + splits * SPLIT_RECORD
     row_ok = rows < n_rows
     # rows past the end read the last row (nothing of theirs is stored): no load needs a row
     # mask
@@ -429,201 +668,191 @@ def _ldrld_fused_kernel(
     key_base = t_base if RANK_BY_TEACHER else s_base
     key_stride = stride_t_col if RANK_BY_TEACHER else stride_s_col
     KEY_PACKED: tl.constexpr = T_PACKED if RANK_BY_TEACHER else S_PACKED
-    # chunks [first, last) lie inside every row of the tile; the first (when shifted) and
-    # those from `last` to `end` are masked
+    # chunks [FIRST, last) lie inside every row of the tile; the first (when shifted) and
+    # those from `last` to `end` are masked. The program streams chunks [lo, hi): all of them,
+    # or its split's; of those, [full_lo, full_hi) are full and [tail_lo, hi) masked.
     FIRST: tl.constexpr = 1 if SHIFTED else 0
     last = tl.maximum(C // BLOCK, FIRST)
     end = tl.cdiv(C + (VEC - 1 if SHIFTED else 0), BLOCK)
-    n_full = last - FIRST
-    c2 = LOG2E / T  # x c2 is x / T in base 2
-
-    # ---- 1. Selection: each thread's KPL best groups, then the row's k best ---------------
-    neg = tl.full([ROWS, LANES], -float("inf"), tl.float32)
-    empty = tl.full([ROWS, LANES], NO_GROUP, tl.int32)
-    v0, v1, v2, v3, v4 = neg, neg, neg, neg, neg
-    g0, g1, g2, g3, g4 = empty, empty, empty, empty, empty
-    dropped = neg
-    if SHIFTED:
-        v0, g0, v1, g1, v2, g2, v3, g3, v4, g4, dropped = _select_step(
-            key_ptr, key_base, 0, shift3, C, key_stride, v0, g0, v1, g1, v2, g2, v3, g3, v4,
-            g4, dropped, LANES, VEC, KPL, True, False, VECTOR)
-    # two chunks per iteration: half the loop's own instructions
-    for pair in range(n_full // 2):  # trips: full_chunks // 2
-        chunk = FIRST + 2 * pair
-        v0, g0, v1, g1, v2, g2, v3, g3, v4, g4, dropped = _select_step(
-            key_ptr, key_base, chunk, shift3, C, key_stride, v0, g0, v1, g1, v2, g2, v3, g3,
-            v4, g4, dropped, LANES, VEC, KPL, False, KEY_PACKED, VECTOR)
-        v0, g0, v1, g1, v2, g2, v3, g3, v4, g4, dropped = _select_step(
-            key_ptr, key_base, chunk + 1, shift3, C, key_stride, v0, g0, v1, g1, v2, g2, v3,
-            g3, v4, g4, dropped, LANES, VEC, KPL, False, KEY_PACKED, VECTOR)
-    if n_full % 2 == 1:  # runs: full_chunks % 2
-        v0, g0, v1, g1, v2, g2, v3, g3, v4, g4, dropped = _select_step(
-            key_ptr, key_base, last - 1, shift3, C, key_stride, v0, g0, v1, g1, v2, g2, v3,
-            g3, v4, g4, dropped, LANES, VEC, KPL, False, KEY_PACKED, VECTOR)
-    for chunk in range(last, end):  # trips: masked_tail_chunks
-        v0, g0, v1, g1, v2, g2, v3, g3, v4, g4, dropped = _select_step(
-            key_ptr, key_base, chunk, shift3, C, key_stride, v0, g0, v1, g1, v2, g2, v3, g3,
-            v4, g4, dropped, LANES, VEC, KPL, True, False, VECTOR)
-
-    # The row's k best: k rounds, each taking the best head of the threads' sorted lists.
-    ranks = tl.arange(0, K_PAD)[None, :]
-    win_g = tl.full([ROWS, K_PAD], NO_GROUP, tl.int32)
-    theta_v = tl.full([ROWS], -float("inf"), tl.float32)
-    theta_g = tl.full([ROWS], NO_GROUP, tl.int32)
-    for r in range(k):  # trips: k
-        theta_v, theta_g = _best_group(v0, g0)
-        pop = g0 == theta_g[:, None]
-        v0, g0 = tl.where(pop, v1, v0), tl.where(pop, g1, g0)
-        v1, g1 = tl.where(pop, v2, v1), tl.where(pop, g2, g1)
-        v2, g2 = tl.where(pop, v3, v2), tl.where(pop, g3, g2)
-        v3, g3 = tl.where(pop, v4, v3), tl.where(pop, g4, g3)
-        v4, g4 = tl.where(pop, -float("inf"), v4), tl.where(pop, NO_GROUP, g4)
-        win_g = tl.where(ranks == r, theta_g[:, None], win_g)
-    # Exact unless a key that fell off some thread's list ranks with the row's k (ties count
-    # as unsure).
-    unsure = (dropped >= theta_v[:, None]) & (dropped > -float("inf")) & row_ok[:, None]
-    if tl.max(tl.max(unsure.to(tl.int32), axis=1), axis=0) > 0:  # runs: exact_selection
-        theta_v = tl.full([ROWS], float("inf"), tl.float32)
-        theta_g = tl.full([ROWS], -1, tl.int32)
-        for r in range(k):  # trips: k
-            best_v = neg
-            best_g = empty
-            for chunk in range(end):  # trips: all_chunks
-                key = _load_chunk(key_ptr, key_base, chunk, shift3, C, key_stride, LANES, VEC,
-                                  True, False, VECTOR)
-                gm = tl.max(key, axis=2)
-                group = chunk * LANES + tl.arange(0, LANES)[None, :]
-                after = (gm < theta_v[:, None]) | ((gm == theta_v[:, None]) &
-                                                   (group > theta_g[:, None]))
-                better = after & (gm > best_v)
-                best_v = tl.where(better, gm, best_v)
-                best_g = tl.where(better, group, best_g)
-            theta_v, theta_g = _best_group(best_v, best_g)
-            win_g = tl.where(ranks == r, theta_g[:, None], win_g)
-
-    # The k winning groups' classes (16-byte loads from L1/L2), and the exact top-k among
-    # them in rank order: k rounds of (max, smaller class).
-    win_ok = win_g != NO_GROUP
-    gathered_p = tl.where(win_ok, win_g, 0)[:, :, None] * VEC + tl.arange(0, VEC)[None, None, :]
-    gathered_ok = win_ok[:, :, None] & (gathered_p >= shift3) & (gathered_p < C + shift3)
-    gathered_c = gathered_p - shift3
-    gs = _load_groups(student_ptr, s_base, win_g, win_ok, shift3, C, stride_s_col, VEC, VECTOR)
-    gt = _load_groups(teacher_ptr, t_base, win_g, win_ok, shift3, C, stride_t_col, VEC, VECTOR)
-    gkey = gt if RANK_BY_TEACHER else gs
-    available = gathered_ok
-    top_c = tl.full([ROWS, K_PAD], 0, tl.int32) + C
-    for r in range(k):  # trips: k
-        best = tl.max(tl.max(tl.where(available, gkey, -float("inf")), axis=2), axis=1)
-        pick = tl.min(tl.min(tl.where(available & (gkey == best[:, None, None]), gathered_c, C),
-                             axis=2), axis=1)
-        available = available & (gathered_c != pick[:, None, None])
-        top_c = tl.where(ranks == r, pick[:, None], top_c)
-    in_top = (ranks < k) & (top_c < C)
-    top_p = top_c + shift[:, None]
-    top_s = _load(student_ptr, s_row[:, None], top_p, in_top, stride_s_col)
-    top_t = _load(teacher_ptr, t_row[:, None], top_p, in_top, stride_t_col)
-    top_s = tl.where(in_top, top_s, 0.0)
-    top_t = tl.where(in_top, top_t, 0.0)
-
-    # ---- 2. Statistics of the remaining classes, per thread, then per row -----------------
-    off_u = tl.full([ROWS, LANES], -1e30, tl.float32)
-    off_v = tl.full([ROWS, LANES], -1e30, tl.float32)
-    off_s = tl.full([ROWS, LANES], -1e30, tl.float32)
-    z_u = tl.zeros([ROWS, LANES], tl.float32)
-    z_v = tl.zeros([ROWS, LANES], tl.float32)
-    w = tl.zeros([ROWS, LANES], tl.float32)
-    z_s = tl.zeros([ROWS, LANES], tl.float32)
-    th_v = theta_v[:, None]
-    th_g = theta_g[:, None]
-    if SHIFTED:
-        off_u, off_v, off_s, z_u, z_v, w, z_s = _stats_step(
-            student_ptr, teacher_ptr, s_base, t_base, 0, shift3, C, stride_s_col,
-            stride_t_col, c2, th_v, th_g, off_u, off_v, off_s, z_u, z_v, w, z_s, HAS_TARGET,
-            RANK_BY_TEACHER, LANES, VEC, T_POW, True, False, False, VECTOR)
-    for pair in range(n_full // 2):  # trips: full_chunks // 2
-        chunk = FIRST + 2 * pair
-        off_u, off_v, off_s, z_u, z_v, w, z_s = _stats_step(
-            student_ptr, teacher_ptr, s_base, t_base, chunk, shift3, C, stride_s_col,
-            stride_t_col, c2, th_v, th_g, off_u, off_v, off_s, z_u, z_v, w, z_s, HAS_TARGET,
-            RANK_BY_TEACHER, LANES, VEC, T_POW, False, S_PACKED, T_PACKED, VECTOR)
-        off_u, off_v, off_s, z_u, z_v, w, z_s = _stats_step(
-            student_ptr, teacher_ptr, s_base, t_base, chunk + 1, shift3, C, stride_s_col,
-            stride_t_col, c2, th_v, th_g, off_u, off_v, off_s, z_u, z_v, w, z_s, HAS_TARGET,
-            RANK_BY_TEACHER, LANES, VEC, T_POW, False, S_PACKED, T_PACKED, VECTOR)
-    if n_full % 2 == 1:  # runs: full_chunks % 2
-        off_u, off_v, off_s, z_u, z_v, w, z_s = _stats_step(
-            student_ptr, teacher_ptr, s_base, t_base, last - 1, shift3, C, stride_s_col,
-            stride_t_col, c2, th_v, th_g, off_u, off_v, off_s, z_u, z_v, w, z_s, HAS_TARGET,
-            RANK_BY_TEACHER, LANES, VEC, T_POW, False, S_PACKED, T_PACKED, VECTOR)
-    for chunk in range(last, end):  # trips: masked_tail_chunks
-        off_u, off_v, off_s, z_u, z_v, w, z_s = _stats_step(
-            student_ptr, teacher_ptr, s_base, t_base, chunk, shift3, C, stride_s_col,
-            stride_t_col, c2, th_v, th_g, off_u, off_v, off_s, z_u, z_v, w, z_s, HAS_TARGET,
-            RANK_BY_TEACHER, LANES, VEC, T_POW, True, False, False, VECTOR)
-
-    # Per row: the threads' sums, then the winners' classes that were not selected. Sums are
-    # kept as (whole-number base-2 offset m, z = sum 2^(x c2 - m)): folding m and log2 z into
-    # one float would cost 1e-3 per exponent at logits of 1e4.
-    m_u, z_u = _combine(off_u, z_u)
-    m_v, z_v_threads = _combine(off_v, z_v)
-    w = tl.sum(_move_w(w, z_v, off_u, off_v, m_u[:, None], m_v[:, None]), axis=1)
-    gu = tl.reshape(tl.where(available, gs, -float("inf")), [ROWS, K_PAD * VEC])
-    gv = tl.reshape(tl.where(available, gt, -float("inf")), [ROWS, K_PAD * VEC])
-    m_u2, z_u = _merge_classes(m_u, z_u, gu, c2)
-    m_v2, z_v = _merge_classes(m_v, z_v_threads, gv, c2)
-    w = _move_w(w, z_v_threads, m_u, m_v, m_u2, m_v2)
-    m_u, m_v = m_u2, m_v2
-    a_u = tl.fma(gu, c2, -m_u[:, None])
-    a_v = tl.fma(gv, c2, -m_v[:, None])
-    w += tl.sum(tl.exp2(a_v) * tl.maximum(a_v - a_u, -3.0e38), axis=1)
-    lz_u = _log2(z_u)
-    lz_v = _log2(z_v)
-    kl_rest = LN2 * (w / z_v - (lz_v - lz_u))
-    # one remaining class: the point mass on both sides, KL exactly 0
-    kl_rest = tl.where(C - k == 1, 0.0, kl_rest)
-
-    if HAS_TARGET:
-        y = tl.load(target_ptr + rows_in)
-        counted = (y != ignore_index) & row_ok
-        m_s, z_s = _combine(off_s, z_s)
-        m_s, z_s = _merge_classes(
-            m_s, z_s, tl.reshape(tl.where(gathered_ok, gs, -float("inf")), [ROWS, K_PAD * VEC]),
-            LOG2E)
-        y_safe = tl.where(counted & (y >= 0) & (y < C), y, 0)
-        y_p = y_safe + shift
-        s_y = tl.load(student_ptr + s_row + y_p * stride_s_col).to(tl.float32)
-        ce = tl.fma(LN2, m_s, -s_y) + LN2 * _log2(z_s)
+    if SPLIT_PHASE == 0:
+        lo = 0
+        hi = end
+        full_lo = FIRST
+        full_hi = last
+        tail_lo = last
+        first_here = tl.full([ROWS], 1, tl.int1)
+        last_here = tl.full([ROWS], 1, tl.int1)
     else:
-        counted = row_ok
-        ce = tl.zeros([ROWS], tl.float32)
-    local, grad_top_s, grad_top_t = _local_term_rows(top_s, top_t, k, T, alpha, adw_scale,
-                                                     adw_decay, adw_offset, K_PAD,
-                                                     TEACHER_GRAD)
-    rntk = T * T * kl_rest
-    tl.store(loss_ptr + rows, tl.where(counted, ce_weight * ce + alpha * local + beta * rntk,
-                                       0.0), mask=row_ok)
-    tl.store(parts_ptr + rows * 3 + 0, tl.where(counted, ce, 0.0), mask=row_ok)
-    tl.store(parts_ptr + rows * 3 + 1, tl.where(counted, local, 0.0), mask=row_ok)
-    tl.store(parts_ptr + rows * 3 + 2, tl.where(counted, rntk, 0.0), mask=row_ok)
+        split = tl.program_id(1)
+        lo = split * split_chunks
+        hi = tl.minimum(lo + split_chunks, end)
+        full_lo = tl.maximum(lo, FIRST)
+        full_hi = tl.maximum(tl.minimum(hi, last), full_lo)
+        tail_lo = tl.maximum(lo, last)
+        # (per row: the interpreter mistypes a scalar bool broadcast into a tensor)
+        first_here = tl.zeros([ROWS], tl.int32) + lo == 0
+        last_here = tl.zeros([ROWS], tl.int32) + hi == end
+    n_full = full_hi - full_lo
+    c2 = LOG2E / T  # x c2 is x / T in base 2
+    ranks = tl.arange(0, K_PAD)[None, :]
+
+    if SPLIT_PHASE != 2:
+        # ---- 1. Selection: each thread's KPL best groups, then the k best of its chunks ----
+        neg = tl.full([ROWS, LANES], -float("inf"), tl.float32)
+        empty = tl.full([ROWS, LANES], NO_GROUP, tl.int32)
+        v0, v1, v2, v3, v4 = neg, neg, neg, neg, neg
+        g0, g1, g2, g3, g4 = empty, empty, empty, empty, empty
+        dropped = neg
+        if SHIFTED:  # noqa: SIM102 (compile-time, then run-time)
+            if lo == 0:
+                v0, g0, v1, g1, v2, g2, v3, g3, v4, g4, dropped = _select_step(
+                    key_ptr, key_base, 0, shift3, C, key_stride, v0, g0, v1, g1, v2, g2, v3,
+                    g3, v4, g4, dropped, LANES, VEC, KPL, True, False, VECTOR)
+        # two chunks per iteration: half the loop's own instructions
+        for pair in range(n_full // 2):  # trips: full_pairs
+            chunk = full_lo + 2 * pair
+            v0, g0, v1, g1, v2, g2, v3, g3, v4, g4, dropped = _select_step(
+                key_ptr, key_base, chunk, shift3, C, key_stride, v0, g0, v1, g1, v2, g2, v3,
+                g3, v4, g4, dropped, LANES, VEC, KPL, False, KEY_PACKED, VECTOR)
+            v0, g0, v1, g1, v2, g2, v3, g3, v4, g4, dropped = _select_step(
+                key_ptr, key_base, chunk + 1, shift3, C, key_stride, v0, g0, v1, g1, v2, g2,
+                v3, g3, v4, g4, dropped, LANES, VEC, KPL, False, KEY_PACKED, VECTOR)
+        if n_full % 2 == 1:  # runs: full_odd
+            v0, g0, v1, g1, v2, g2, v3, g3, v4, g4, dropped = _select_step(
+                key_ptr, key_base, full_hi - 1, shift3, C, key_stride, v0, g0, v1, g1, v2, g2,
+                v3, g3, v4, g4, dropped, LANES, VEC, KPL, False, KEY_PACKED, VECTOR)
+        for chunk in range(tail_lo, hi):  # trips: masked_tail_chunks
+            v0, g0, v1, g1, v2, g2, v3, g3, v4, g4, dropped = _select_step(
+                key_ptr, key_base, chunk, shift3, C, key_stride, v0, g0, v1, g1, v2, g2, v3,
+                g3, v4, g4, dropped, LANES, VEC, KPL, True, False, VECTOR)
+
+        # The k best groups: k rounds, each taking the best head of the threads' sorted lists.
+        win_g = tl.full([ROWS, K_PAD], NO_GROUP, tl.int32)
+        theta_v = tl.full([ROWS], -float("inf"), tl.float32)
+        theta_g = tl.full([ROWS], NO_GROUP, tl.int32)
+        for r in range(k):  # trips: k
+            theta_v, theta_g = _best_group(v0, g0)
+            pop = g0 == theta_g[:, None]
+            v0, g0 = tl.where(pop, v1, v0), tl.where(pop, g1, g0)
+            v1, g1 = tl.where(pop, v2, v1), tl.where(pop, g2, g1)
+            v2, g2 = tl.where(pop, v3, v2), tl.where(pop, g3, g2)
+            v3, g3 = tl.where(pop, v4, v3), tl.where(pop, g4, g3)
+            v4, g4 = tl.where(pop, -float("inf"), v4), tl.where(pop, NO_GROUP, g4)
+            win_g = tl.where(ranks == r, theta_g[:, None], win_g)
+        # Exact unless a key that fell off some thread's list ranks with the k (ties count as
+        # unsure).
+        unsure = (dropped >= theta_v[:, None]) & (dropped > -float("inf")) & row_ok[:, None]
+        if tl.max(tl.max(unsure.to(tl.int32), axis=1), axis=0) > 0:  # runs: exact_selection
+            theta_v = tl.full([ROWS], float("inf"), tl.float32)
+            theta_g = tl.full([ROWS], -1, tl.int32)
+            for r in range(k):  # trips: k
+                best_v = neg
+                best_g = empty
+                for chunk in range(lo, hi):  # trips: all_chunks
+                    key = _load_chunk(key_ptr, key_base, chunk, shift3, C, key_stride, LANES,
+                                      VEC, True, False, VECTOR)
+                    gm = tl.max(key, axis=2)
+                    group = chunk * LANES + tl.arange(0, LANES)[None, :]
+                    after = (gm < theta_v[:, None]) | ((gm == theta_v[:, None]) &
+                                                       (group > theta_g[:, None]))
+                    better = after & (gm > best_v)
+                    best_v = tl.where(better, gm, best_v)
+                    best_g = tl.where(better, group, best_g)
+                theta_v, theta_g = _best_group(best_v, best_g)
+                win_g = tl.where(ranks == r, theta_g[:, None], win_g)
+
+        # ---- 2. Statistics of the remaining classes, per thread -----------------------------
+        off_u = tl.full([ROWS, LANES], -1e30, tl.float32)
+        off_v = tl.full([ROWS, LANES], -1e30, tl.float32)
+        off_s = tl.full([ROWS, LANES], -1e30, tl.float32)
+        z_u = tl.zeros([ROWS, LANES], tl.float32)
+        z_v = tl.zeros([ROWS, LANES], tl.float32)
+        w = tl.zeros([ROWS, LANES], tl.float32)
+        z_s = tl.zeros([ROWS, LANES], tl.float32)
+        th_v = theta_v[:, None]
+        th_g = theta_g[:, None]
+        if SHIFTED:  # noqa: SIM102 (compile-time, then run-time)
+            if lo == 0:
+                off_u, off_v, off_s, z_u, z_v, w, z_s = _stats_step(
+                    student_ptr, teacher_ptr, s_base, t_base, 0, shift3, C, stride_s_col,
+                    stride_t_col, c2, th_v, th_g, off_u, off_v, off_s, z_u, z_v, w, z_s,
+                    HAS_TARGET, RANK_BY_TEACHER, LANES, VEC, T_POW, True, False, False, VECTOR)
+        for pair in range(n_full // 2):  # trips: full_pairs
+            chunk = full_lo + 2 * pair
+            off_u, off_v, off_s, z_u, z_v, w, z_s = _stats_step(
+                student_ptr, teacher_ptr, s_base, t_base, chunk, shift3, C, stride_s_col,
+                stride_t_col, c2, th_v, th_g, off_u, off_v, off_s, z_u, z_v, w, z_s,
+                HAS_TARGET, RANK_BY_TEACHER, LANES, VEC, T_POW, False, S_PACKED, T_PACKED,
+                VECTOR)
+            off_u, off_v, off_s, z_u, z_v, w, z_s = _stats_step(
+                student_ptr, teacher_ptr, s_base, t_base, chunk + 1, shift3, C, stride_s_col,
+                stride_t_col, c2, th_v, th_g, off_u, off_v, off_s, z_u, z_v, w, z_s,
+                HAS_TARGET, RANK_BY_TEACHER, LANES, VEC, T_POW, False, S_PACKED, T_PACKED,
+                VECTOR)
+        if n_full % 2 == 1:  # runs: full_odd
+            off_u, off_v, off_s, z_u, z_v, w, z_s = _stats_step(
+                student_ptr, teacher_ptr, s_base, t_base, full_hi - 1, shift3, C,
+                stride_s_col, stride_t_col, c2, th_v, th_g, off_u, off_v, off_s, z_u, z_v, w,
+                z_s, HAS_TARGET, RANK_BY_TEACHER, LANES, VEC, T_POW, False, S_PACKED,
+                T_PACKED, VECTOR)
+        for chunk in range(tail_lo, hi):  # trips: masked_tail_chunks
+            off_u, off_v, off_s, z_u, z_v, w, z_s = _stats_step(
+                student_ptr, teacher_ptr, s_base, t_base, chunk, shift3, C, stride_s_col,
+                stride_t_col, c2, th_v, th_g, off_u, off_v, off_s, z_u, z_v, w, z_s,
+                HAS_TARGET, RANK_BY_TEACHER, LANES, VEC, T_POW, True, False, False, VECTOR)
+        m_u, z_u, m_v, z_v, w, m_s, z_s = _row_sums(off_u, z_u, off_v, z_v, w, off_s, z_s)
+        if SPLIT_PHASE == 0:
+            (counted, m_u, m_v, m_s, w_q, w_p, w_ce, t_shift, top_c, g_top_s, g_top_t, y_p,
+             y_rest, g_y) = _row_values(
+                loss_ptr, parts_ptr, student_ptr, teacher_ptr, target_ptr, grad_scale_ptr,
+                stride_s_col, stride_t_col, C, k, T, alpha, beta, ce_weight, adw_scale,
+                adw_decay, adw_offset, ignore_index, rows, rows_in, row_ok, shift, s_row, t_row,
+                c2, m_u, z_u, m_v, z_v, w, m_s, z_s, win_g, HAS_TARGET, RANK_BY_TEACHER,
+                STUDENT_GRAD, TEACHER_GRAD, SCALE_GRAD, ROWS, VEC, K_PAD, VECTOR, T_POW)
+        else:
+            # The split's record; the last of the row's programs to finish merges them all.
+            record = records + split * SPLIT_RECORD
+            tl.store(record + 0, m_u)
+            tl.store(record + 1, z_u)
+            tl.store(record + 2, m_v)
+            tl.store(record + 3, z_v)
+            tl.store(record + 4, w)
+            tl.store(record + 5, m_s)
+            tl.store(record + 6, z_s)
+            tl.store((record + STATS)[:, None] + ranks, win_g.to(tl.float32, bitcast=True))
+            # every thread's stores are issued, then one release-acquire ticket per program
+            tl.debug_barrier()
+            ticket_ptr = (row_record + TICKET).to(tl.pointer_type(tl.int32))
+            ticket = tl.max(tl.atomic_add(ticket_ptr, 1, sem="acq_rel"), axis=0)
+            if ticket == splits - 1:  # runs: 1 / splits
+                _merge_splits(
+                    loss_ptr, parts_ptr, student_ptr, teacher_ptr, target_ptr, grad_scale_ptr,
+                    stride_s_col, stride_t_col, C, k, T, alpha, beta, ce_weight, adw_scale,
+                    adw_decay, adw_offset, ignore_index, rows, rows_in, row_ok, shift, s_row,
+                    t_row, c2, records, row_record, splits, HAS_TARGET, RANK_BY_TEACHER,
+                    STUDENT_GRAD, TEACHER_GRAD, SCALE_GRAD, ROWS, VEC, K_PAD, VECTOR, T_POW,
+                    S_PAD)
+                tl.store(ticket_ptr, 0)  # ready for the next wave
+    else:
+        # ---- The row's values, from the record of the program that merged its splits ----
+        counted = tl.load(row_record + 0) != 0.0
+        m_u = tl.load(row_record + 1)
+        m_v = tl.load(row_record + 2)
+        m_s = tl.load(row_record + 3)
+        w_q = tl.load(row_record + 4)
+        w_p = tl.load(row_record + 5)
+        w_ce = tl.load(row_record + 6)
+        t_shift = tl.load(row_record + 7)
+        y_p = tl.load(row_record + 8).to(tl.int32, bitcast=True)
+        y_rest = tl.load(row_record + 9) != 0.0
+        g_y = tl.load(row_record + 10)
+        cells = (row_record + ROW_WORDS)[:, None] + ranks
+        top_c = tl.load(cells).to(tl.int32, bitcast=True)
+        g_top_s = tl.load(cells + K_PAD)
+        g_top_t = tl.load(cells + 2 * K_PAD)
 
     # ---- 3. Gradients: every class in one vectorized sweep, then the k selected ------------
-    if STUDENT_GRAD or TEACHER_GRAD:
-        scale = _grad_scale(grad_scale_ptr, SCALE_GRAD)
-        rest_w = beta * T * scale
-        ce_w = ce_weight * scale
-        # per row: q_c = 2^a_u / z_u, p_c = 2^a_v / z_v, and softmax(s)_c =
-        # 2^(s_c log2 e - m_s) / z_s = (2^a_u)^T 2^(T m_u - m_s) / z_s
-        w_q = rest_w / z_u
-        w_p = rest_w / z_v
-        w_ce = tl.zeros([ROWS], tl.float32)
-        m_s_row = tl.zeros([ROWS], tl.float32)
-        if HAS_TARGET:
-            m_s_row = m_s
-            if T_POW == 0:
-                w_ce = ce_w / z_s
-            else:
-                w_ce = ce_w * tl.exp2(T_POW * m_u - m_s) / z_s  # whole numbers: exact
-        t_shift = LN2 * (lz_u - lz_v) - kl_rest
+    if SPLIT_PHASE != 1 and (STUDENT_GRAD or TEACHER_GRAD):
         if SHIFTED:
             gs_row = tl.multiple_of(rows_in * stride_gs_row - shift, VEC)
             gt_row = tl.multiple_of(rows_in * stride_gt_row - shift, VEC)
@@ -633,16 +862,17 @@ def _ldrld_fused_kernel(
         gs_base = gs_row[:, None, None]
         gt_base = gt_row[:, None, None]
         per_row = (counted[:, None, None], m_u[:, None, None], m_v[:, None, None],
-                   m_s_row[:, None, None], w_q[:, None, None], w_p[:, None, None],
+                   m_s[:, None, None], w_q[:, None, None], w_p[:, None, None],
                    w_ce[:, None, None], t_shift[:, None, None])
         ok3 = row_ok[:, None, None]
-        if SHIFTED:
-            _grad_step(grad_s_ptr, grad_t_ptr, student_ptr, teacher_ptr, s_base, t_base,
-                       gs_base, gt_base, 0, shift3, C, stride_s_col, stride_t_col, ok3, c2,
-                       *per_row, HAS_TARGET, STUDENT_GRAD, TEACHER_GRAD, LANES, VEC, T_POW,
-                       True, False, False, VECTOR)
-        for pair in range(n_full // 2):  # trips: full_chunks // 2
-            chunk = FIRST + 2 * pair
+        if SHIFTED:  # noqa: SIM102 (compile-time, then run-time)
+            if lo == 0:
+                _grad_step(grad_s_ptr, grad_t_ptr, student_ptr, teacher_ptr, s_base, t_base,
+                           gs_base, gt_base, 0, shift3, C, stride_s_col, stride_t_col, ok3, c2,
+                           *per_row, HAS_TARGET, STUDENT_GRAD, TEACHER_GRAD, LANES, VEC, T_POW,
+                           True, False, False, VECTOR)
+        for pair in range(n_full // 2):  # trips: full_pairs
+            chunk = full_lo + 2 * pair
             _grad_step(grad_s_ptr, grad_t_ptr, student_ptr, teacher_ptr, s_base, t_base,
                        gs_base, gt_base, chunk, shift3, C, stride_s_col, stride_t_col, ok3,
                        c2, *per_row, HAS_TARGET, STUDENT_GRAD, TEACHER_GRAD, LANES, VEC,
@@ -651,45 +881,39 @@ def _ldrld_fused_kernel(
                        gs_base, gt_base, chunk + 1, shift3, C, stride_s_col, stride_t_col,
                        ok3, c2, *per_row, HAS_TARGET, STUDENT_GRAD, TEACHER_GRAD, LANES, VEC,
                        T_POW, False, S_PACKED, T_PACKED, VECTOR)
-        if n_full % 2 == 1:  # runs: full_chunks % 2
+        if n_full % 2 == 1:  # runs: full_odd
             _grad_step(grad_s_ptr, grad_t_ptr, student_ptr, teacher_ptr, s_base, t_base,
-                       gs_base, gt_base, last - 1, shift3, C, stride_s_col, stride_t_col,
+                       gs_base, gt_base, full_hi - 1, shift3, C, stride_s_col, stride_t_col,
                        ok3, c2, *per_row, HAS_TARGET, STUDENT_GRAD, TEACHER_GRAD, LANES, VEC,
                        T_POW, False, S_PACKED, T_PACKED, VECTOR)
-        for chunk in range(last, end):  # trips: masked_tail_chunks
+        for chunk in range(tail_lo, hi):  # trips: masked_tail_chunks
             _grad_step(grad_s_ptr, grad_t_ptr, student_ptr, teacher_ptr, s_base, t_base,
                        gs_base, gt_base, chunk, shift3, C, stride_s_col, stride_t_col, ok3,
                        c2, *per_row, HAS_TARGET, STUDENT_GRAD, TEACHER_GRAD, LANES, VEC,
                        T_POW, True, False, False, VECTOR)
         if VECTOR:  # the partial groups at the rows' ends, skipped by the vector stores
             _grad_boundary(grad_s_ptr, grad_t_ptr, student_ptr, teacher_ptr, s_base, t_base,
-                           gs_base, gt_base, shift, C, ok3, c2, *per_row, HAS_TARGET,
+                           gs_base, gt_base, shift, C, ok3, c2, *per_row, first_here,
+                           last_here, HAS_TARGET,
                            STUDENT_GRAD, TEACHER_GRAD, VEC, T_POW)
 
         # The selected classes and the target get their own values once every thread's
         # sweep (which wrote the remaining-class formula there too) has landed.
         tl.debug_barrier()
-        in_top = in_top & row_ok[:, None]
-        keep = counted[:, None]
+        top_p = top_c + shift[:, None]
+        in_top = (top_c < C) & row_ok[:, None]
+        if SPLIT_PHASE == 2:  # the selected classes and the target in this split
+            in_top = in_top & (top_p >= lo * BLOCK) & (top_p < hi * BLOCK)
+            y_rest = y_rest & (y_p >= lo * BLOCK) & (y_p < hi * BLOCK)
         if STUDENT_GRAD:
-            g_top = grad_top_s * scale
             if HAS_TARGET:
-                g_top += (ce_w / z_s)[:, None] * tl.exp2(tl.fma(top_s, LOG2E, -m_s[:, None])) - \
-                    tl.where(top_c == y[:, None], ce_w, 0.0)
-                # the target, when it is not among the selected classes
-                y_rest = counted & (tl.max((top_c == y[:, None]).to(tl.int32), axis=1) == 0)
-                t_y = tl.load(teacher_ptr + t_row + y_p * stride_t_col).to(tl.float32)
-                g_y = w_q * tl.exp2(tl.fma(s_y, c2, -m_u)) - \
-                    w_p * tl.exp2(tl.fma(t_y, c2, -m_v)) + \
-                    (ce_w / z_s) * tl.exp2(tl.fma(s_y, LOG2E, -m_s)) - ce_w
                 tl.store(grad_s_ptr + gs_row + y_p, g_y.to(grad_s_ptr.dtype.element_ty),
-                         mask=y_rest)
+                         mask=y_rest & row_ok)
             tl.store(grad_s_ptr + gs_row[:, None] + top_p,
-                     tl.where(keep, g_top, 0.0).to(grad_s_ptr.dtype.element_ty), mask=in_top)
+                     g_top_s.to(grad_s_ptr.dtype.element_ty), mask=in_top)
         if TEACHER_GRAD:
             tl.store(grad_t_ptr + gt_row[:, None] + top_p,
-                     tl.where(keep, grad_top_t * scale, 0.0).to(grad_t_ptr.dtype.element_ty),
-                     mask=in_top)
+                     g_top_t.to(grad_t_ptr.dtype.element_ty), mask=in_top)
 
 
 # ---- Launcher --------------------------------------------------------------------------------
@@ -742,22 +966,16 @@ def ldrld_rows(
     the gradients of the row losses (times ``grad_scale``) in the inputs' dtypes. One launch
     up to ``policy.MAX_FUSED`` classes; ``launch`` overrides the policy's configuration."""
     rows, num_classes = student.shape
-    if not uses_fused(num_classes):
-        from ldrld_kernels import triton_chunked
-
-        return triton_chunked.ldrld_rows(student, teacher, target, config, need_student_grad,
-                                         need_teacher_grad, grad_scale)
-
     row_loss, parts, grad_s, grad_t = allocate_outputs(student, teacher, need_student_grad,
                                                        need_teacher_grad)
     if rows == 0:
         return row_loss, parts, grad_s, grad_t
-    launch = launch or fused_launch(num_classes, student.element_size(),
-                                    teacher.element_size())
+    launch = launch or launch_for(rows, num_classes, student.element_size(),
+                                  teacher.element_size(), hardware_of(student.device))
     grads = [grad for grad in (grad_s, grad_t) if grad is not None]
     row_align, shifted = _alignment([student, teacher, *grads], launch.vec)
-    grid = (triton.cdiv(rows, launch.rows),)
-    _ldrld_fused_kernel[grid](
+    k_pad = triton.next_power_of_2(config.k)
+    arguments = dict(  # noqa: C408 (the kernel's argument names)
         loss_ptr=row_loss, parts_ptr=parts,
         grad_s_ptr=grad_s if grad_s is not None else row_loss,
         grad_t_ptr=grad_t if grad_t is not None else row_loss,
@@ -776,7 +994,7 @@ def ldrld_rows(
         STUDENT_GRAD=grad_s is not None, TEACHER_GRAD=grad_t is not None,
         SCALE_GRAD=grad_scale is not None,
         ROWS=launch.rows, LANES=launch.lanes, VEC=launch.vec, KPL=launch.candidates,
-        K_PAD=triton.next_power_of_2(config.k), ROW_ALIGN=row_align, SHIFTED=shifted,
+        K_PAD=k_pad, ROW_ALIGN=row_align, SHIFTED=shifted,
         VECTOR=shifted or (row_align == launch.vec and all(
             tensor.stride(1) == 1 for tensor in (student, teacher))),
         S_PACKED=_packed(student, launch.vec, shifted),
@@ -784,27 +1002,63 @@ def ldrld_rows(
         T_POW=integer_temperature(config.temperature),
         num_warps=launch.num_warps, maxnreg=launch.max_registers,
     )
+    if not launch.split_chunks:
+        _ldrld_fused_kernel[(triton.cdiv(rows, launch.rows),)](
+            row0=0, splits=1, split_chunks=0, work_ptr=row_loss, SPLIT_PHASE=0, S_PAD=1,
+            **arguments)
+        return row_loss, parts, grad_s, grad_t
+
+    # Wide rows: each wave of rows, statistics then gradients; a wave's logits stay in L2
+    # between the two launches.
+    chunks = _chunk_bounds(num_classes, launch.lanes, launch.vec, shifted)[2]
+    splits = triton.cdiv(chunks, launch.split_chunks)
+    # (zeros: the tickets start at 0, and the program that merges a row resets its ticket)
+    work = torch.zeros(launch.wave_rows, splits * (STATS + k_pad) + ROW_WORDS + 3 * k_pad,
+                       dtype=torch.float32, device=student.device)
+    for row0 in range(0, rows, launch.wave_rows):
+        grid = (min(launch.wave_rows, rows - row0), splits)
+        for phase in (1, 2):
+            _ldrld_fused_kernel[grid](
+                row0=row0, splits=splits, split_chunks=launch.split_chunks, work_ptr=work,
+                SPLIT_PHASE=phase, S_PAD=triton.next_power_of_2(splits), **arguments)
     return row_loss, parts, grad_s, grad_t
 
 
-def chunk_counts(classes: int, lanes: int, vec: int, shifted: bool) -> dict[str, int]:
-    """The kernel's chunks per row: full ones (unmasked), the masked ones at the end, all."""
+def _chunk_bounds(classes: int, lanes: int, vec: int, shifted: bool) -> tuple[int, int, int]:
+    """The kernel's (FIRST, last, end): chunks [FIRST, last) are full in every row."""
     block = lanes * vec
     first = 1 if shifted else 0
-    last = max(classes // block, first)
-    end = -(-(classes + (vec - 1 if shifted else 0)) // block)
-    return {"full_chunks": last - first, "masked_tail_chunks": end - last, "all_chunks": end}
+    return first, max(classes // block, first), -(-(classes + (vec - 1 if shifted else 0)) // block)
+
+
+def loop_counts(classes: int, lanes: int, vec: int, shifted: bool,
+                split_chunks: int = 0) -> dict[str, float]:
+    """The trips of the kernel's chunk loops per program, averaged over a row's splits (one
+    range per row when ``split_chunks`` is 0)."""
+    first, last, end = _chunk_bounds(classes, lanes, vec, shifted)
+    step = split_chunks or end
+    ranges = [(lo, min(lo + step, end)) for lo in range(0, end, step)]
+    counts: dict[str, float] = {"full_pairs": 0.0, "full_odd": 0.0, "masked_tail_chunks": 0.0,
+                                "all_chunks": 0.0}
+    for lo, hi in ranges:
+        full = max(min(hi, last) - max(lo, first), 0)
+        counts["full_pairs"] += full // 2 / len(ranges)
+        counts["full_odd"] += full % 2 / len(ranges)
+        counts["masked_tail_chunks"] += max(hi - max(lo, last), 0) / len(ranges)
+        counts["all_chunks"] += (hi - lo) / len(ranges)
+    return counts
 
 
 def profile_hints(kernel_name: str, args: dict) -> dict[str, float]:
     """For ``ldrld profile``: the chunk counts of the kernel's loops, and how often the exact
-    selection runs, simulated on random normal logits (1024 rows): the fraction of programs
-    in which a key that fell off some thread's list reaches its row's k best."""
+    selection runs, simulated on random normal logits (1024 rows or splits): the fraction of
+    programs in which a key that fell off some thread's list reaches their k best."""
     if kernel_name != "_ldrld_fused_kernel":
         return {}
-    classes, k, lanes, vec, kpl, rows = (args["C"], args["k"], args["LANES"], args["VEC"],
-                                         args["KPL"], args["ROWS"])
-    hints: dict[str, float] = dict(chunk_counts(classes, lanes, vec, args["SHIFTED"]))
+    k, lanes, vec, kpl, rows = args["k"], args["LANES"], args["VEC"], args["KPL"], args["ROWS"]
+    hints = loop_counts(args["C"], lanes, vec, args["SHIFTED"], args["split_chunks"])
+    # the classes a program selects among: its rows, or its split
+    classes = min(args["C"], args["split_chunks"] * lanes * vec or args["C"])
     samples = 1024
     generator = torch.Generator().manual_seed(0)
     logits = torch.randn(samples, classes, generator=generator)

@@ -1,16 +1,21 @@
 """Inputs and expectations shared by the test modules."""
 
+import contextlib
+import dataclasses
 import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 
+from ldrld_kernels import hardware, policy, torch_path, triton_fused
 from ldrld_kernels.api import resolve_backend
-from ldrld_kernels.check import compare_with_reference
+from ldrld_kernels.check import GRAD_TOLERANCES, LOSS_TOLERANCES, compare_with_reference
+from ldrld_kernels.config import LossConfig
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,3 +87,38 @@ def assert_matches(backend: str, student, teacher, target=None, **kwargs) -> Non
                                      backend=backend,
                                      generator=torch.Generator().manual_seed(7), **kwargs)
     assert result.passed, result
+
+
+def launch_matches(student, teacher, target, launch: policy.FusedLaunch, **options):
+    """The Triton launcher with ``launch`` against the PyTorch path in float64 (itself checked
+    against the reference): row losses, parts and both gradients, under a mean's scale."""
+    config = LossConfig(**{"k": 7, **options})
+    rows_, parts, grad_s, grad_t = triton_fused.ldrld_rows(
+        student.to(DEVICE), teacher.to(DEVICE), None if target is None else target.to(DEVICE),
+        config, True, True, torch.tensor(0.25, device=DEVICE), launch=launch)
+    expected = torch_path.ldrld_rows(student.double(), teacher.double(), target, config,
+                                     True, True, torch.tensor(0.25, dtype=torch.float64))
+    loss_tol = LOSS_TOLERANCES[torch.float32]
+    for actual, wanted in zip((rows_, parts), expected[:2]):
+        scale_ = max(1.0, float(wanted.abs().max()))
+        torch.testing.assert_close(actual.cpu().double(), wanted, rtol=loss_tol.rtol,
+                                   atol=2e-6 * scale_)
+    for actual, wanted, like in zip((grad_s, grad_t), expected[2:], (student, teacher)):
+        tol = GRAD_TOLERANCES[like.dtype]
+        scale_ = max(1.0, float(wanted.abs().max()))
+        torch.testing.assert_close(actual.cpu().double(), wanted, rtol=tol.rtol,
+                                   atol=tol.atol * scale_ + 1e-7)
+    return launch
+
+
+@contextlib.contextmanager
+def wide_rows(max_fused: int = 64, l2_bytes: int = 16384) -> Iterator[None]:
+    """Public calls inside send rows past ``max_fused`` classes down the wide-row path, with an
+    interpreter whose L2 holds a few such rows: several splits per row and waves of rows."""
+    saved = policy.MAX_FUSED, hardware.INTERPRETER
+    policy.MAX_FUSED = max_fused
+    hardware.INTERPRETER = dataclasses.replace(hardware.INTERPRETER, l2_bytes=l2_bytes)
+    try:
+        yield
+    finally:
+        policy.MAX_FUSED, hardware.INTERPRETER = saved

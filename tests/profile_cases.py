@@ -90,6 +90,7 @@ LDRLD_CASES = [
     (2, 16384, 64, (torch.float16, torch.float16), True, "student", (False, False)),
     (2, 131072, 7, (torch.bfloat16, torch.bfloat16), True, "student", (True, False)),
     (2, 20000, 16, (torch.float32, torch.float32), False, "teacher", (True, True)),
+    (3, 70001, 16, (torch.float32, torch.bfloat16), False, "teacher", (True, True)),
 ]
 
 

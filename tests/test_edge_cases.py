@@ -6,13 +6,13 @@ import pytest
 import torch
 
 import ldrld_kernels as lk
-from ldrld_kernels import policy, triton_chunked
 from tests.helpers import (
     DEVICE,
     assert_matches,
     random_logits,
     random_target,
     requires_triton,
+    wide_rows,
 )
 
 BACKENDS = ["torch", pytest.param("triton", marks=requires_triton)]
@@ -27,15 +27,15 @@ def loss_and_grads(backend, student, teacher, target=None, **kwargs):
     return loss.detach(), student.grad, teacher.grad
 
 
-@pytest.fixture(params=["fused", "chunked"])
-def width(request, monkeypatch):
-    """Classes per row: one program per row, or the chunked kernels (shrunk to small sizes)."""
-    if request.param == "chunked":
-        monkeypatch.setattr(policy, "MAX_FUSED", 64)
-        monkeypatch.setattr(triton_chunked, "BLOCK_C", 128)
-        monkeypatch.setattr(triton_chunked, "_programs_to_fill", lambda device: 8)
-        return 700
-    return 300
+@pytest.fixture(params=["whole", "wide"])
+def width(request):
+    """Classes per row: whole rows per program, or wide rows split over programs (shrunk to
+    small sizes by ``helpers.wide_rows``)."""
+    if request.param == "wide":
+        with wide_rows():
+            yield 700
+    else:
+        yield 300
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

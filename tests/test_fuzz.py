@@ -12,9 +12,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ldrld_kernels import policy, triton_chunked
 from ldrld_kernels.check import compare_with_reference
-from tests.helpers import DEVICE, requires_triton
+from tests.helpers import DEVICE, requires_triton, wide_rows
 
 settings.register_profile("ci", max_examples=40, deadline=None, derandomize=True,
                           suppress_health_check=[HealthCheck.too_slow])
@@ -67,19 +66,6 @@ def check(backend, problem):
     assert result.passed, (result, student.dtype, tuple(student.shape), kwargs)
 
 
-@contextlib.contextmanager
-def chunked(enabled: bool):
-    """Send rows past 64 classes to the chunked kernels, in chunks of 128 over 3 ranges."""
-    saved = policy.MAX_FUSED, triton_chunked.BLOCK_C, triton_chunked._programs_to_fill
-    if enabled:
-        policy.MAX_FUSED, triton_chunked.BLOCK_C = 64, 128
-        triton_chunked._programs_to_fill = lambda device: 3
-    try:
-        yield
-    finally:
-        policy.MAX_FUSED, triton_chunked.BLOCK_C, triton_chunked._programs_to_fill = saved
-
-
 @given(problems(float64=True))
 def test_torch_path(problem):
     check("torch", problem)
@@ -87,6 +73,7 @@ def test_torch_path(problem):
 
 @requires_triton
 @given(problems(), st.booleans())
-def test_triton(problem, use_chunked):
-    with chunked(use_chunked):
+def test_triton(problem, wide):
+    # wide: rows past 64 classes split over several programs, in waves of a few rows
+    with wide_rows() if wide else contextlib.nullcontext():
         check("triton", problem)

@@ -12,6 +12,7 @@ import os
 import pytest
 
 from ldrld_kernels import profile
+from tests import profile_cases
 from tests.helpers import ROOT, run_python
 
 
@@ -76,10 +77,11 @@ def test_spilling_kernel_reports_spills(cases):
 def test_every_ldrld_variant_compiles(cases):
     # (the Triton compiler accepts code that the interpreter runs, and the other way round)
     by_case = {case["case"]: case["kernels"] for case in cases["ldrld"]}
-    assert len(by_case) == 5
     compiled = {name for names in by_case.values() for name in names}
-    assert {"_ldrld_fused_kernel", "_chunk_stats_kernel", "_merge_kernel",
-            "_chunk_grad_kernel", "_scale_kernel"} <= compiled
+    assert len(by_case) == len(profile_cases.LDRLD_CASES)
+    # whole rows in one launch; wide rows in two phases of the same kernel
+    assert {"_ldrld_fused_kernel", "_ldrld_fused_kernel:1", "_ldrld_fused_kernel:2",
+            "_scale_kernel"} <= compiled
 
 
 @requires_compiler
@@ -91,7 +93,7 @@ def test_profile_command(tmp_path):
     assert result.stderr == ""
     lines = result.stdout.splitlines()
     assert lines[0].startswith("ldrld profile: Triton ")
-    assert lines[1].split()[:3] == ["C", "dtype", "kernel"]
+    assert lines[1].split()[:4] == ["rows", "C", "dtype", "kernel"]
     (call,) = json.loads(path.read_text())
     assert call["classes"] == 1000 and call["rows"] == 64 and call["bytes_per_element"] == 6
     kernel = call["kernels"][0]
@@ -120,29 +122,30 @@ def test_model_numbers():
     assert profile.resident_ctas(32, 4, 100 * 1024) == 2     # 228 KiB / (100 + 1) KiB
 
 
-def _call(instructions: float, spills: int = 0, warps: int = 32, launches: int = 1):
+def _call(instructions: float, spills: int = 0, warps: int = 32, kernels: int = 1):
     kernel = profile.KernelProfile(
-        name="_kernel", grid=[4096], num_warps=8, registers=64, spill_store_bytes=spills,
-        spill_load_bytes=0, stack_bytes=spills, shared_bytes=0, resident_ctas=warps // 8,
-        resident_warps=warps, instructions_per_element=instructions / launches,
-        barriers_per_row=1.0, mufu_per_element=2.0, load_bits=[128], store_bits=[128],
-        load_128_fraction=1.0, store_128_fraction=1.0)
-    return profile.CallProfile(4096, 4096, "bfloat16", 7, True, False, 6, [kernel] * launches)
+        name="_kernel", grid=[4096], launches=1, num_warps=8, registers=64,
+        spill_store_bytes=spills, spill_load_bytes=0, stack_bytes=spills, shared_bytes=0,
+        resident_ctas=warps // 8, resident_warps=warps,
+        instructions_per_element=instructions / kernels, barriers_per_row=1.0,
+        mufu_per_element=2.0, load_bits=[128], store_bits=[128], load_128_fraction=1.0,
+        store_128_fraction=1.0)
+    return profile.CallProfile(4096, 4096, "bfloat16", 7, True, False, 6, [kernel] * kernels)
 
 
 def test_check_names_each_broken_budget(monkeypatch):
-    monkeypatch.setitem(profile.BUDGETS, (4096, "bfloat16"),
+    monkeypatch.setitem(profile.BUDGETS, (4096, 4096, "bfloat16"),
                         profile.Budget(instructions_per_element=48))
     assert profile.check_budgets([_call(47.9)]) == []
     assert profile.check_budgets([_call(48.1)]) == [
-        "C=4096 bfloat16: 48.1 instructions per element > 48"]
+        "4096 x 4096 bfloat16: 48.1 instructions per element > 48"]
     (line,) = profile.check_budgets([_call(40, spills=8)])
     assert "_kernel spills 8 bytes" in line
     (line,) = profile.check_budgets([_call(40, warps=8)])
     assert "8 warps per SM resident < 16" in line
-    (line,) = profile.check_budgets([_call(40, launches=3)])
-    assert "3 launches > 1" in line
-    monkeypatch.setitem(profile.BUDGETS, (4096, "bfloat16"),
+    (line,) = profile.check_budgets([_call(40, kernels=3)])
+    assert "3 kernels > 1" in line
+    monkeypatch.setitem(profile.BUDGETS, (4096, 4096, "bfloat16"),
                         profile.Budget(instructions_per_element=48, mufu_per_element=1.5))
     (line,) = profile.check_budgets([_call(40)])
     assert "2.00 MUFU operations per element > 1.5" in line

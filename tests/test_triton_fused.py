@@ -9,8 +9,7 @@ import pytest
 import torch
 
 import ldrld_kernels as lk
-from ldrld_kernels import policy, torch_path, triton_fused
-from ldrld_kernels.check import GRAD_TOLERANCES, LOSS_TOLERANCES
+from ldrld_kernels import policy, triton_fused
 from ldrld_kernels.config import LossConfig
 from tests.helpers import (
     DEVICE,
@@ -18,6 +17,7 @@ from tests.helpers import (
     GOLDEN_IDS,
     assert_matches,
     check_golden,
+    launch_matches,
     random_logits,
     random_target,
     requires_triton,
@@ -139,27 +139,10 @@ def test_auto_takes_triton_only_on_cuda():
 # ---- The kernel's own code paths, each reached on purpose ------------------------------------
 
 def _launch_matches(student, teacher, target, lanes, **options):
-    """The fused launcher with ``lanes`` threads per row against the PyTorch path in float64
-    (itself checked against the reference): row losses, parts and both gradients."""
-    config = LossConfig(**{"k": 7, **options})
+    """The fused launcher with ``lanes`` threads per row against the float64 PyTorch path."""
     launch = policy.fused_launch(student.shape[1], student.element_size(),
                                  teacher.element_size(), lanes=lanes)
-    rows_, parts, grad_s, grad_t = triton_fused.ldrld_rows(
-        student.to(DEVICE), teacher.to(DEVICE), None if target is None else target.to(DEVICE),
-        config, True, True, torch.tensor(0.25, device=DEVICE), launch=launch)
-    expected = torch_path.ldrld_rows(student.double(), teacher.double(), target, config,
-                                     True, True, torch.tensor(0.25, dtype=torch.float64))
-    loss_tol = LOSS_TOLERANCES[torch.float32]
-    for actual, wanted in zip((rows_, parts), expected[:2]):
-        scale_ = max(1.0, float(wanted.abs().max()))
-        torch.testing.assert_close(actual.cpu().double(), wanted, rtol=loss_tol.rtol,
-                                   atol=2e-6 * scale_)
-    for actual, wanted, like in zip((grad_s, grad_t), expected[2:], (student, teacher)):
-        tol = GRAD_TOLERANCES[like.dtype]
-        scale_ = max(1.0, float(wanted.abs().max()))
-        torch.testing.assert_close(actual.cpu().double(), wanted, rtol=tol.rtol,
-                                   atol=tol.atol * scale_ + 1e-7)
-    return launch
+    return launch_matches(student, teacher, target, launch, **options)
 
 
 @pytest.mark.parametrize("lanes", [8, 16, 32, 64])
