@@ -6,9 +6,10 @@
 
 ``run`` makes, for each shape, the launches of one training-step call (forward, then the
 backward of ``loss.backward()``) on random logits; ``ncu`` counts each launch. ``report``
-compiles the same calls with ``ldrld profile`` and prints, per kernel, the measured DRAM
-throughput, executed instructions per element (warp instructions x 32 / elements) and
-issue-slot utilization next to the predicted instructions per element. ``benchmarks/
+compiles the same calls with ``ldrld profile`` and prints, per call (all its launches: a wide
+row's waves launch its kernel many times), the measured time, DRAM bytes and throughput,
+executed instructions per element (warp instructions x 32 / elements) and issue-slot
+utilization (time-weighted) next to the predicted instructions per element. ``benchmarks/
 gpu_check.sh`` runs both.
 """
 
@@ -71,37 +72,49 @@ def report(path: str) -> int:
     from ldrld_kernels import profile
 
     calls = [profile.profile_call(rows, classes, DTYPE) for rows, classes in SHAPES]
-    ours = {kernel.name for call in calls for kernel in call.kernels}
+    # (a wide row's kernel runs in phases, "name:phase"; ncu names the function)
+    ours = {kernel.name.split(":")[0] for call in calls for kernel in call.kernels}
     # ncu also counted PyTorch's own kernels (random inputs): keep the project's launches
     measured = [launch for launch in _launches(path)
                 if any(name in launch["kernel"] for name in ours)]
-    print(f"{'shape':16} {'kernel':22} {'DRAM GB':>8} {'DRAM %':>7} {'issue %':>8} "
-          f"{'instr/el measured':>18} {'predicted':>10}")
+    print(f"{'shape':16} {'launches':>8} {'time us':>9} {'DRAM GB':>8} {'DRAM GB/s':>10} "
+          f"{'DRAM %':>7} {'issue %':>8} {'instr/el measured':>18} {'predicted':>10}")
     position = 0
     for call in calls:
-        rows, classes = call.rows, call.classes
-        for kernel in call.kernels:
-            if position >= len(measured):
-                print(f"ncu recorded {len(measured)} launches; expected more")
-                return 1
-            launch = measured[position]
-            position += 1
-            if kernel.name not in launch["kernel"]:
-                print(f"launch {position}: ncu saw {launch['kernel']}, expected {kernel.name}")
-                return 1
+        count = sum(kernel.launches for kernel in call.kernels)
+        launches = measured[position:position + count]
+        position += count
+        if len(launches) < count:
+            print(f"ncu recorded {len(measured)} launches; expected more")
+            return 1
 
-            per_element = _metric(launch, "smsp__inst_executed.sum")
-            if per_element is not None:  # warp instructions, 32 threads each
-                per_element *= 32 / (rows * classes)
-            read = _metric(launch, "dram__bytes_read.sum")
-            written = _metric(launch, "dram__bytes_write.sum")
-            dram_gb = None if read is None or written is None else (read + written) / 1e9
-            dram_pct = _metric(launch, "dram__throughput.avg.pct_of_peak_sustained_elapsed")
-            issue_pct = _metric(launch, "smsp__issue_active.avg.pct_of_peak_sustained_active")
-            print(f"{f'{rows}x{classes}':16} {kernel.name.strip('_'):22} "
-                  f"{_fmt(dram_gb, '.3f'):>8} {_fmt(dram_pct, '.1f'):>7} "
-                  f"{_fmt(issue_pct, '.1f'):>8} {_fmt(per_element, '.1f'):>18} "
-                  f"{kernel.instructions_per_element:10.1f}")
+        def total(name: str, launches=launches) -> float | None:
+            values = [_metric(launch, name) for launch in launches]
+            return None if None in values else sum(values)
+
+        def time_weighted(name: str, launches=launches) -> float | None:
+            pairs = [(_metric(launch, name), _metric(launch, "gpu__time_duration.sum"))
+                     for launch in launches]
+            if any(value is None or time is None for value, time in pairs):
+                return None
+            return sum(value * time for value, time in pairs) / max(sum(t for _, t in pairs),
+                                                                    1e-9)
+
+        elements = call.rows * call.classes
+        time_ns = total("gpu__time_duration.sum")
+        read, written = total("dram__bytes_read.sum"), total("dram__bytes_write.sum")
+        moved = None if read is None or written is None else read + written
+        per_element = total("smsp__inst_executed.sum")
+        if per_element is not None:  # warp instructions, 32 threads each
+            per_element *= 32 / elements
+        rate = None if moved is None or not time_ns else moved / time_ns
+        dram_pct = time_weighted("dram__throughput.avg.pct_of_peak_sustained_elapsed")
+        issue_pct = time_weighted("smsp__issue_active.avg.pct_of_peak_sustained_active")
+        print(f"{f'{call.rows}x{call.classes}':16} {count:8d} "
+              f"{_fmt(None if time_ns is None else time_ns / 1e3, '.1f'):>9} "
+              f"{_fmt(None if moved is None else moved / 1e9, '.3f'):>8} "
+              f"{_fmt(rate, '.1f'):>10} {_fmt(dram_pct, '.1f'):>7} {_fmt(issue_pct, '.1f'):>8} "
+              f"{_fmt(per_element, '.1f'):>18} {call.instructions_per_element:10.1f}")
     return 0
 
 
