@@ -14,7 +14,7 @@ Why these numbers:
   between 256 and 511. The per-row work (selection rounds, per-row reductions, the k x k
   pair tile) is then a few instructions per element (``ldrld profile``, Triton 3.9: 42-47
   per element in bfloat16 from 4,096 to 65,536 classes; at 4,096, 8 threads per row give
-  44.3, 16 give 46.0, 32 give 51.9).
+  43.9, 16 give 45.7, 32 give 49.0).
 - HBM traffic model: the kernel reads a row three times (the ranking logits, then both
   tensors twice) and needs the second and third reads to come from L2. On average about 60%
   of a row's bytes are waiting for a re-read while it streams, so an SM holds about
@@ -24,8 +24,8 @@ Why these numbers:
   part of the second and third passes from HBM; fewer classes per thread would cost per-row
   instructions instead (48.3 per element at 32,000 with 250, against 42.4).
   ``benchmarks/gpu_check.sh`` measures the DRAM bytes with ncu.
-- ``rows``: the rest of the program's threads take further rows; a row spans at most
-  ``MAX_WARPS`` warps.
+- ``rows``: the rest of the program's threads take further rows (a program narrower than a
+  warp's 32 threads per row is one warp); a row spans at most ``MAX_WARPS`` warps.
 - ``candidates``: per thread, the best groups it keeps while streaming (``KPL`` in the
   kernel); more when fewer threads share a row, so that the exact fallback stays rare.
 """
@@ -52,9 +52,11 @@ ELEMENTS_PER_THREAD = 256
 MAX_WARPS = 16
 MIN_LANES = 8
 THREADS_PER_WARP = 32
-# Warps of a program whose rows are narrower than a warp: 16 resident warps per SM then need
-# 4 programs per SM, which the registers allow.
-SMALL_ROW_WARPS = 4
+# Warps of a program whose rows are narrower than a warp: one, so that every per-row reduction
+# stays inside a warp (shuffles, no shared memory or block barrier): 1,000 classes in bfloat16
+# count 61.0 instructions per element with Triton 3.9 and 60.7 with 3.6, against 61.6 and 66.3
+# with 4 warps. 16 resident warps per SM then take 16 programs, which the registers allow.
+SMALL_ROW_WARPS = 1
 
 
 @dataclass(frozen=True)
@@ -108,8 +110,9 @@ def split_launch(rows: int, num_classes: int, student_itemsize: int, teacher_ite
     num_warps = max(1, launch.lanes // THREADS_PER_WARP)
     row_bytes = num_classes * (student_itemsize + teacher_itemsize)
     if wave_rows is None:
-        most = max(1, int(hardware.l2_bytes * L2_SHARE) // row_bytes)
-        wave_rows = math.ceil(rows / math.ceil(rows / most))  # waves of even size
+        # (full waves, the last one partial: waves of even size would give every program
+        # fewer classes and the per-program work more weight)
+        wave_rows = max(1, int(hardware.l2_bytes * L2_SHARE) // row_bytes)
     wave_rows = max(1, min(wave_rows, rows))
     chunks = math.ceil((num_classes + launch.vec - 1) / (launch.lanes * launch.vec))
     if splits is None:
