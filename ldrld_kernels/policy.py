@@ -93,9 +93,11 @@ def fused_launch(num_classes: int, student_itemsize: int, teacher_itemsize: int,
     num_warps = max(SMALL_ROW_WARPS, lanes // THREADS_PER_WARP)
     rows = num_warps * THREADS_PER_WARP // lanes
     # the exact fallback runs when a thread holds more than `candidates` of the row's k best
-    # groups: for k = 7 on random logits about 0.1% of rows with 32 threads per row and 3
-    # candidates, 0.03% with 16 and 4, 0.02% with 8 and 5
-    candidates = 3 if lanes >= THREADS_PER_WARP else 4 if lanes >= 16 else 5
+    # groups: for k = 7 on random logits about 0.2% of rows with 256 threads per row and 2
+    # candidates (the profile counts it; 3 would cost 0.6 instructions per element more at
+    # 65,536 classes), 0.1% with 32 and 3, 0.03% with 16 and 4, 0.02% with 8 and 5
+    candidates = (2 if lanes >= 256 else 3 if lanes >= THREADS_PER_WARP else 4 if lanes >= 16
+                  else 5)
     return FusedLaunch(rows=rows, lanes=lanes, vec=vec, candidates=candidates,
                        num_warps=num_warps)
 
@@ -118,7 +120,9 @@ def split_launch(rows: int, num_classes: int, student_itemsize: int, teacher_ite
     if splits is None:
         programs = hardware.multiprocessors * max(1, RESIDENT_WARPS // num_warps)
         splits = min(math.ceil(programs / wave_rows), chunks // MIN_SPLIT_CHUNKS, MAX_SPLITS)
-    return replace(launch, rows=1, num_warps=num_warps, wave_rows=wave_rows,
+    # (3 candidates: with 2 the split kernels compile to more instructions, 73.0 against 70.7
+    # per element at 4,096 x 131,072 in float32)
+    return replace(launch, rows=1, num_warps=num_warps, wave_rows=wave_rows, candidates=3,
                    split_chunks=math.ceil(chunks / max(1, min(splits, chunks))))
 
 

@@ -161,7 +161,7 @@ def _load_groups(ptr, base, groups, valid, shift, C, stride_col, VEC: tl.constex
 
 @triton.jit
 def _insert(v0, g0, v1, g1, v2, g2, v3, g3, v4, g4, dropped, x, gx, KPL: tl.constexpr):
-    """Insert group key (x, gx) into a thread's sorted list of its KPL (3 to 5) best groups,
+    """Insert group key (x, gx) into a thread's sorted list of its KPL (2 to 5) best groups,
     and keep the best value that fell off the list in ``dropped``. Groups arrive in
     increasing id, so a tie never displaces an earlier group: only x > v counts."""
     if KPL == 5:
@@ -171,15 +171,18 @@ def _insert(v0, g0, v1, g1, v2, g2, v3, g3, v4, g4, dropped, x, gx, KPL: tl.cons
         v4, g4 = tl.where(b3, v3, tl.where(b4, x, v4)), tl.where(b3, g3, tl.where(b4, gx, g4))
     elif KPL == 4:
         dropped = tl.maximum(dropped, tl.minimum(x, v3))
-    else:
+    elif KPL == 3:
         dropped = tl.maximum(dropped, tl.minimum(x, v2))
+    else:
+        dropped = tl.maximum(dropped, tl.minimum(x, v1))
     b3 = x > v3
     b2 = x > v2
     if KPL >= 4:
         v3, g3 = tl.where(b2, v2, tl.where(b3, x, v3)), tl.where(b2, g2, tl.where(b3, gx, g3))
     b1 = x > v1
     b0 = x > v0
-    v2, g2 = tl.where(b1, v1, tl.where(b2, x, v2)), tl.where(b1, g1, tl.where(b2, gx, g2))
+    if KPL >= 3:
+        v2, g2 = tl.where(b1, v1, tl.where(b2, x, v2)), tl.where(b1, g1, tl.where(b2, gx, g2))
     v1, g1 = tl.where(b0, v0, tl.where(b1, x, v1)), tl.where(b0, g0, tl.where(b1, gx, g1))
     v0, g0 = tl.where(b0, x, v0), tl.where(b0, gx, g0)
     return v0, g0, v1, g1, v2, g2, v3, g3, v4, g4, dropped

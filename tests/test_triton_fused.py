@@ -158,6 +158,15 @@ def test_every_layout(lanes, num_classes, dtype):
     _launch_matches(student, teacher, target, lanes, temperature=2.0)
 
 
+@pytest.mark.parametrize("num_classes", [5000, 4099])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_two_candidates_per_thread(num_classes, dtype):
+    # 256 threads per row keep 2 groups each (the layout of 65,536 classes)
+    student, teacher = random_logits(2, num_classes, dtype=dtype, seed=num_classes)
+    launch = _launch_matches(student, teacher, random_target(2, num_classes=num_classes), 256)
+    assert launch.candidates == 2
+
+
 @pytest.mark.parametrize("temperature", [1.0, 2.0, 3.0, 4.0])
 def test_temperatures(temperature):
     # T = 1, 2, 4: the cross-entropy terms from powers of 2^a_u; T = 3: exponentials of their own
@@ -170,7 +179,7 @@ def _lane_of_group(classes):
     return classes // 8  # bfloat16 groups of 8 classes, group g read by thread g % lanes
 
 
-@pytest.mark.parametrize("lanes", [8, 32])
+@pytest.mark.parametrize("lanes", [8, 32, 256])
 def test_exact_selection_when_one_thread_holds_the_top_groups(lanes):
     # all top-k classes in groups read by one thread: its list of best groups overflows and the
     # program redoes the selection exactly
