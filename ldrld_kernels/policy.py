@@ -22,7 +22,7 @@ Why these numbers:
   256 to 511 classes is 315 to 630 KB, 41 to 83 MB over 132 SMs, against 50 MB of L2 on an
   H100 (60 on an H200). The top of that range (32,000 classes: 500 per thread) will read
   part of the second and third passes from HBM; fewer classes per thread would cost per-row
-  instructions instead (48.3 per element at 32,000 with 250, against 42.4).
+  instructions instead (48.1 per element at 32,000 with 250, against 41.6).
   ``benchmarks/gpu_check.sh`` measures the DRAM bytes with ncu.
 - ``rows``: the rest of the program's threads take further rows (a program narrower than a
   warp's 32 threads per row is one warp); a row spans at most ``MAX_WARPS`` warps.

@@ -628,7 +628,7 @@ def _ldrld_fused_kernel(
     # sizes
     n_rows, C, k,
     # wide rows (SPLIT_PHASE 1 and 2): the wave's first row, splits per row, chunks per split,
-    # and the (wave rows, splits, RECORD) float32 records of the statistics pass
+    # and the wave's workspace (the records described above STATS)
     row0, splits, split_chunks, work_ptr,
     # runtime scalars
     T, alpha, beta, ce_weight, adw_scale, adw_decay, adw_offset, ignore_index,
