@@ -7,14 +7,16 @@ return row losses and the gradients of the row losses, computed in the forward p
 
 from __future__ import annotations
 
+import functools
+import math
 import os
 from typing import NamedTuple
 
 import torch
 
-from ldrld_kernels import torch_path
+from ldrld_kernels import parallel, torch_path
 from ldrld_kernels.config import LossConfig
-from ldrld_kernels.validation import check_target_values, validate
+from ldrld_kernels.validation import check_k, check_target_values, validate
 
 
 class LDRLDOutput(NamedTuple):
@@ -86,8 +88,10 @@ class _LDRLDFunction(torch.autograd.Function):
     gradient is exactly 1, the usual ``loss.backward()``, without a host sync."""
 
     @staticmethod
-    def forward(ctx, student, teacher, target, config, backend, reduction, mean_scale):
-        row_loss, parts, grad_s, grad_t = _BACKENDS[backend](
+    def forward(ctx, student, teacher, target, config, backend, reduction, mean_scale, shard):
+        rows = _BACKENDS[backend] if shard is None else \
+            functools.partial(torch_path.ldrld_rows, shard=shard)
+        row_loss, parts, grad_s, grad_t = rows(
             student, teacher, target, config, ctx.needs_input_grad[0], ctx.needs_input_grad[1],
             mean_scale,
         )
@@ -109,7 +113,7 @@ class _LDRLDFunction(torch.autograd.Function):
         ctx.backward_done = True
         scale = grad_loss[:, None] if ctx.per_row else grad_loss
         grad_s, grad_t = (_scale_in_place(grad, scale, ctx.backend) for grad in ctx.saved_tensors)
-        return grad_s, grad_t, None, None, None, None, None
+        return grad_s, grad_t, None, None, None, None, None, None
 
 
 def _mean_scale(target: torch.Tensor | None, rows: int, ignore_index: int,
@@ -149,6 +153,7 @@ def ldrld_loss(
     reduction: str = "mean",
     backend: str = "auto",
     return_parts: bool = False,
+    process_group: object | None = None,
 ) -> torch.Tensor | LDRLDOutput:
     """LDRLD knowledge-distillation loss (Xu et al., ICCV 2025).
 
@@ -169,6 +174,11 @@ def ldrld_loss(
             ``"none"`` for a ``(...)`` tensor of row losses.
         backend: ``"auto"`` (Triton for CUDA tensors, else PyTorch), ``"triton"``, ``"torch"``.
         return_parts: also return the unweighted reduced terms as an ``LDRLDOutput``.
+        process_group: a ``torch.distributed`` group over which the classes are split
+            (vocabulary parallel, ``parallel``): each rank passes its contiguous slice
+            ``(..., C_rank)`` of both logits, in rank order (slices may differ in width), and
+            the same ``target`` of global class ids; every rank gets the same loss and the
+            gradient of its slice. Runs the PyTorch path on every device for now.
 
     Returns:
         The loss, float32 (float64 for float64 inputs), or an ``LDRLDOutput``.
@@ -178,13 +188,26 @@ def ldrld_loss(
         beta=beta, ce_weight=ce_weight, adw_scale=adw_scale, adw_decay=adw_decay,
         adw_offset=adw_offset, rank_by=rank_by, ignore_index=ignore_index,
         reduction=reduction, backend=backend,
+        num_classes=None if process_group is None else 0,  # (a slice: k checked below)
     )
-    backend = resolve_backend(backend, student_logits, teacher_logits)
+    shard = None
+    if process_group is not None:
+        if backend == "triton":
+            raise ValueError("ldrld_loss: process_group runs on the PyTorch path for now; use "
+                             "backend='auto' or 'torch'")
+        # one small all-gather, which also checks that the ranks agree
+        shard = parallel.shard_of(student_logits, process_group,
+                                  math.prod(student_logits.shape[:-1]), k, temperature,
+                                  target is not None)
+        check_k(k, shard.num_classes)
+    backend = "torch" if shard is not None else resolve_backend(backend, student_logits,
+                                                                teacher_logits)
     lead, num_classes = student_logits.shape[:-1], student_logits.shape[-1]
     flat_target = None
     if target is not None:
         flat_target = target.reshape(-1)
-        check_target_values(flat_target, num_classes, ignore_index)
+        check_target_values(flat_target, num_classes if shard is None else shard.num_classes,
+                            ignore_index)
     config = LossConfig(
         k=int(k), temperature=float(temperature), alpha=float(alpha), beta=float(beta),
         ce_weight=float(ce_weight), adw_scale=float(adw_scale), adw_decay=float(adw_decay),
@@ -212,7 +235,7 @@ def ldrld_loss(
         loss, parts = _reduce(row_loss, parts, reduction, mean_scale)
     else:
         loss, parts = _LDRLDFunction.apply(student_2d, teacher_2d, flat_target, config,
-                                           backend, reduction, mean_scale)
+                                           backend, reduction, mean_scale, shard)
     if reduction == "none":
         loss, parts = loss.reshape(lead), parts.reshape(*lead, 3)
     if not return_parts:
@@ -240,6 +263,7 @@ class LDRLDLoss(torch.nn.Module):
         reduction: str = "mean",
         backend: str = "auto",
         return_parts: bool = False,
+        process_group: object | None = None,
     ) -> None:
         super().__init__()
         self.options = {
@@ -247,6 +271,7 @@ class LDRLDLoss(torch.nn.Module):
             "ce_weight": ce_weight, "adw_scale": adw_scale, "adw_decay": adw_decay,
             "adw_offset": adw_offset, "rank_by": rank_by, "ignore_index": ignore_index,
             "reduction": reduction, "backend": backend, "return_parts": return_parts,
+            "process_group": process_group,
         }
 
     def forward(

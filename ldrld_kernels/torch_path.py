@@ -19,8 +19,10 @@ import functools
 import math
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
+from ldrld_kernels import parallel
 from ldrld_kernels.adw import adw_weights
 from ldrld_kernels.config import LossConfig
 
@@ -49,6 +51,26 @@ def top_k_indices(x: torch.Tensor, k: int) -> torch.Tensor:
     return index.gather(1, by_value)
 
 
+def _local_columns(classes: torch.Tensor, shard: parallel.Shard) -> torch.Tensor:
+    """Global classes as columns of this rank's slice, the extra last column for classes
+    held elsewhere."""
+    local = classes - shard.offset
+    inside = (local >= 0) & (local < shard.local_classes)
+    return torch.where(inside, local, shard.local_classes)
+
+
+def _log_softmax(rows: list[torch.Tensor], shard: parallel.Shard | None) -> list[torch.Tensor]:
+    """``log_softmax`` of each (rows, C) tensor over its whole row: across the ranks of the
+    shard with one all-reduce MAX and one all-reduce SUM for all of them."""
+    if shard is None:
+        return [F.log_softmax(x, dim=-1) for x in rows]
+    top = shard.all_reduce(torch.stack([x.amax(dim=-1) for x in rows]), dist.ReduceOp.MAX)
+    top = torch.where(top == -math.inf, 0.0, top)  # (a row of -inf stays -inf, as locally)
+    sums = shard.all_reduce(torch.stack([(x - m[:, None]).exp().sum(dim=-1)
+                                         for x, m in zip(rows, top)]), dist.ReduceOp.SUM)
+    return [x - m[:, None] - z.log()[:, None] for x, m, z in zip(rows, top, sums)]
+
+
 def ldrld_rows(
     student: torch.Tensor,
     teacher: torch.Tensor,
@@ -57,6 +79,7 @@ def ldrld_rows(
     need_student_grad: bool,
     need_teacher_grad: bool,
     grad_scale: torch.Tensor | None = None,
+    shard: parallel.Shard | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Per-row LDRLD of ``student`` and ``teacher`` logits, both (rows, C), any strides.
 
@@ -65,17 +88,32 @@ def ldrld_rows(
     with respect to each input, times ``grad_scale`` (a 0-d tensor, e.g. 1 / rows for a mean)
     when given, in the input's dtype, or None where not asked for. Rows whose target is
     ``ignore_index`` get zeros everywhere. Computes in float64 when either input is float64,
-    else in float32.
+    else in float32. With a ``shard``, the logits are this rank's slice of the classes, and
+    the row statistics are combined across ranks (``parallel``): every rank gets the same row
+    losses and the gradients of its slice.
     """
     dtype = torch.promote_types(torch.promote_types(student.dtype, teacher.dtype), torch.float32)
     rows = student.shape[0]
     k, T = config.k, config.temperature
     device = student.device
     # Rank the logits themselves: dividing by T first could round distinct values together.
-    top = top_k_indices((student if config.rank_by == "student" else teacher).detach(), k)
+    key = (student if config.rank_by == "student" else teacher).detach()
     u = student.detach().to(dtype) / T
     v = teacher.detach().to(dtype) / T
-    u_top, v_top = u.gather(1, top), v.gather(1, top)
+    s_all = None if target is None else student.detach().to(dtype)  # for the cross-entropy
+    if shard is None:
+        top = top_k_indices(key, k)
+        u_top, v_top = u.gather(1, top), v.gather(1, top)
+    else:
+        top_global, s_top, t_top = parallel.global_top_k(key, student.detach(),
+                                                         teacher.detach(), k, shard)
+        u_top, v_top = s_top.to(dtype) / T, t_top.to(dtype) / T
+        # one extra -inf column: where the selected classes and the target held elsewhere
+        # point, dropped at the end
+        u, v = (F.pad(x, (0, 1), value=-math.inf) for x in (u, v))
+        if s_all is not None:
+            s_all = F.pad(s_all, (0, 1), value=-math.inf)
+        top = _local_columns(top_global, shard)
 
     # Dense pairs, all at once; the weights are 0 on and below the diagonal. Under
     # torch.compile the weights are traced as constants (Dynamo cannot trace a cache).
@@ -95,22 +133,31 @@ def ldrld_rows(
     local = T**2 * ((weights * kl_pair).sum(dim=(1, 2)) + kl_top) / config.num_groups
 
     # Remaining classes: the row with the selected ones set to -inf (u and v are our copies).
-    log_q_rest = F.log_softmax(u.scatter_(1, top, -math.inf), dim=-1)
-    log_p_rest = F.log_softmax(v.scatter_(1, top, -math.inf), dim=-1)
+    rows_to_normalize = [u.scatter_(1, top, -math.inf), v.scatter_(1, top, -math.inf)]
+    if target is not None:
+        rows_to_normalize.append(s_all)
+    log_q_rest, log_p_rest, *log_softmax_s = _log_softmax(rows_to_normalize, shard)
     p_rest = log_p_rest.exp()
     # Classes of zero teacher probability (masked, or -inf padding) contribute exactly 0.
     log_ratio_rest = torch.where(log_p_rest == -math.inf, 0.0, log_p_rest - log_q_rest)
     kl_rest = (p_rest * log_ratio_rest).sum(dim=-1)
-    rntk = T**2 * kl_rest
 
     if target is None:
         counted = None
         ce = torch.zeros(rows, dtype=dtype, device=device)
     else:
         counted = target != config.ignore_index
+        log_softmax_s = log_softmax_s[0]
         safe_target = torch.where(counted, target, 0)[:, None]
-        log_softmax_s = F.log_softmax(student.detach().to(dtype), dim=-1)
-        ce = -log_softmax_s.gather(1, safe_target)[:, 0]
+        if shard is None:
+            ce = -log_softmax_s.gather(1, safe_target)[:, 0]
+        else:
+            safe_target = _local_columns(safe_target, shard)
+            ce = -log_softmax_s.gather(1, safe_target)[:, 0]
+            ce = torch.where(safe_target[:, 0] < shard.local_classes, ce, 0.0)
+    if shard is not None:  # this rank's shares of KL_rest and of the cross-entropy
+        kl_rest, ce = shard.all_reduce(torch.stack([kl_rest, ce]), dist.ReduceOp.SUM)
+    rntk = T**2 * kl_rest
 
     parts = torch.stack([ce, local, rntk], dim=1)
     row_loss = config.ce_weight * ce + config.alpha * local + config.beta * rntk
@@ -128,7 +175,7 @@ def ldrld_rows(
         grad.scatter_add_(1, top, local_scale * grad_top)
         if counted is not None:
             grad = torch.where(counted[:, None], grad, 0.0)
-        return grad.to(like.dtype)
+        return grad[:, :like.shape[1]].to(like.dtype)
 
     student_grad = teacher_grad = None
     if need_student_grad:

@@ -58,8 +58,12 @@ def validate(
     ignore_index: object,
     reduction: object,
     backend: object,
+    num_classes: int | None = None,
 ) -> None:
     """Raise ``TypeError`` / ``ValueError`` naming the argument and the value, or return.
+    ``num_classes`` is the row's width, by default the logits' last dimension; 0 when the
+    logits hold a slice of the row (vocabulary parallel): then only ``k >= 2`` is checked
+    here, and ``check_k`` checks it against the whole row.
 
     Target values are checked separately (``check_target_values``): that reads the data.
     """
@@ -75,13 +79,9 @@ def validate(
             "ldrld_loss: student_logits and teacher_logits must be on the same device, got "
             f"{student.device} and {teacher.device}"
         )
-    num_classes = student.shape[-1]
     if isinstance(k, bool) or not isinstance(k, numbers.Integral):
         raise TypeError(f"ldrld_loss: k must be an int, got k={k!r}")
-    if not 2 <= k < num_classes:
-        raise ValueError(
-            f"ldrld_loss: k must satisfy 2 <= k < C (C = {num_classes} classes), got k={k}"
-        )
+    check_k(k, student.shape[-1] if num_classes is None else num_classes)
     if k > MAX_K:
         raise ValueError(f"ldrld_loss: k must be <= {MAX_K}, got k={k}")
     _check_real("temperature", temperature, positive=True)
@@ -113,6 +113,14 @@ def validate(
         raise ValueError(
             f"ldrld_loss: target must be on the logits' device {student.device}, "
             f"got {target.device}"
+        )
+
+
+def check_k(k: int, num_classes: int) -> None:
+    """``2 <= k < C`` (only ``k >= 2`` while C is not known, 0)."""
+    if k < 2 or 0 < num_classes <= k:
+        raise ValueError(
+            f"ldrld_loss: k must satisfy 2 <= k < C (C = {num_classes or '?'} classes), got k={k}"
         )
 
 

@@ -1,0 +1,167 @@
+"""Vocabulary-parallel LDRLD (``process_group=``) on CPU with gloo, in spawned processes: every
+rank's loss, parts and gradient slices against the single-process loss on the whole rows.
+
+One spawn per world size runs every case (starting processes is the slow part); each rank
+writes what failed to a file that the test reads.
+"""
+
+import json
+import os
+import re
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+import ldrld_kernels as lk
+from tests.helpers import run_python
+
+TOLERANCE = {torch.float64: 1e-12, torch.float32: 1e-6}
+
+
+def _slices(widths: list[int], rank: int) -> slice:
+    start = sum(widths[:rank])
+    return slice(start, start + widths[rank])
+
+
+def _logits(rows: int, num_classes: int, dtype: torch.dtype, seed: int):
+    generator = torch.Generator().manual_seed(seed)
+    student = torch.randn(rows, num_classes, generator=generator, dtype=torch.float64) * 3
+    teacher = torch.randn(rows, num_classes, generator=generator, dtype=torch.float64) * 3
+    return student.to(dtype), teacher.to(dtype)
+
+
+def _compare(name, rank, widths, student, teacher, target, failures, **options):
+    """The sharded call on this rank's slice against the single-process call."""
+    here = _slices(widths, rank)
+    teacher_grad = options.pop("teacher_grad", False)
+    results = []
+    for sharded in (True, False):
+        s = (student[:, here] if sharded else student).clone().requires_grad_()
+        t = (teacher[:, here] if sharded else teacher).clone().requires_grad_(teacher_grad)
+        out = lk.ldrld_loss(s, t, target, return_parts=True, backend="torch",
+                            process_group=dist.group.WORLD if sharded else None, **options)
+        out.loss.backward(torch.ones_like(out.loss))
+        grads = [s.grad if sharded else s.grad[:, here]]
+        if teacher_grad:
+            grads.append(t.grad if sharded else t.grad[:, here])
+        results.append([out.loss, out.ce, out.local, out.rntk, *grads])
+    compute = torch.promote_types(student.dtype, torch.float32)
+    for what, got, want in zip(("loss", "ce", "local", "rntk", "student grad", "teacher grad"),
+                               *results):
+        got, want = got.detach().double(), want.detach().double()
+        # gradients are rounded to the inputs' dtype: one unit of it apart at most
+        eps = TOLERANCE[compute] if what in ("loss", "ce", "local", "rntk") or \
+            student.dtype == compute else torch.finfo(student.dtype).eps
+        scale = max(1.0, float(want.abs().max()))
+        if not torch.allclose(got, want, rtol=eps, atol=eps * scale, equal_nan=True):
+            failures.append(f"{name}: {what} differs by {float((got - want).abs().max()):.3g}")
+
+
+def _cases(rank: int, world: int, failures: list[str]) -> None:
+    even = [40 // world + (i < 40 % world) for i in range(world)]
+    uneven = [5, 35] if world == 2 else [3, 30, 7]  # the first narrower than k = 7
+    for dtype in (torch.float64, torch.float32):
+        student, teacher = _logits(4, 40, dtype, seed=1)
+        target = torch.tensor([3, 39, 0, 17])
+        for widths in (even, uneven):
+            _compare(f"random {dtype} {widths}", rank, widths, student, teacher, target,
+                     failures)
+    student, teacher = _logits(4, 40, torch.float64, seed=2)
+    # ties straddling the shard boundaries, and every logit equal in one row
+    for boundary in (even[0], uneven[0]):
+        student[:, boundary - 2:boundary + 2] = 9.0
+    student[3] = 1.0
+    for widths in (even, uneven):
+        _compare(f"ties {widths}", rank, widths, student, teacher, None, failures, k=3)
+        _compare(f"ties k=16 {widths}", rank, widths, student, teacher, None, failures, k=16)
+    # one shard holds all of the top-k, the others none
+    student, teacher = _logits(3, 40, torch.float64, seed=3)
+    student[:, uneven[0] + 5:uneven[0] + 12] += 20.0
+    _compare("top-k in one shard", rank, uneven, student, teacher, torch.tensor([1, 2, 3]),
+             failures)
+    # ignored rows and every reduction; the teacher's ranking and gradient; bfloat16
+    student, teacher = _logits(5, 40, torch.float64, seed=4)
+    target = torch.tensor([-100, 4, -100, 30, 12])
+    for reduction in ("mean", "sum", "none"):
+        _compare(f"reduction {reduction}", rank, uneven, student, teacher, target, failures,
+                 reduction=reduction)
+    _compare("rank_by teacher", rank, even, student, teacher, target, failures,
+             rank_by="teacher", temperature=2.0, teacher_grad=True)
+    student, teacher = _logits(3, 40, torch.bfloat16, seed=5)
+    _compare("bfloat16", rank, uneven, student, teacher, torch.tensor([0, 9, 39]), failures,
+             teacher_grad=True)
+    # ranks that disagree fail on every rank, with no hang
+    for name, k, rows, temperature in (("k", 7 + rank, 4, 4.0), ("row count", 7, 4 + rank, 4.0),
+                                       ("temperature", 7, 4, 4.0 + rank)):
+        student, teacher = _logits(rows, 40, torch.float64, seed=6)
+        here = _slices(even, rank)
+        try:
+            lk.ldrld_loss(student[:, here], teacher[:, here], k=k, temperature=temperature,
+                          backend="torch", process_group=dist.group.WORLD)
+            failures.append(f"disagreeing {name}: no error")
+        except ValueError as error:
+            if f"disagree on the {name}" not in str(error):
+                failures.append(f"disagreeing {name}: {error}")
+
+
+def _ddp_step(rank: int, failures: list[str]) -> None:
+    """Data parallel: the loss in a DistributedDataParallel step needs nothing special."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    def batch(which: int):
+        generator = torch.Generator().manual_seed(100 + which)
+        return (torch.randn(6, 8, generator=generator), torch.randn(6, 12, generator=generator),
+                torch.randint(0, 12, (6,), generator=generator))
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(8, 12)
+    reference = torch.nn.Linear(8, 12)
+    reference.load_state_dict(model.state_dict())
+    ddp = DistributedDataParallel(model)
+    x, teacher, y = batch(rank)
+    lk.ldrld_loss(ddp(x), teacher, y, k=3, backend="torch").backward()
+    # DDP averages the ranks' gradients: the mean of the two batches' losses, in one process
+    losses = [lk.ldrld_loss(reference(bx), bt, by, k=3, backend="torch")
+              for bx, bt, by in map(batch, range(dist.get_world_size()))]
+    (sum(losses) / len(losses)).backward()
+    for got, want in zip(model.parameters(), reference.parameters()):
+        if not torch.allclose(got.grad, want.grad, rtol=1e-5, atol=1e-7):
+            failures.append("DDP step: gradients differ from the single-process mean")
+
+
+def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
+                            world_size=world)
+    failures: list[str] = []
+    try:
+        _cases(rank, world, failures)
+        if world == 2:
+            _ddp_step(rank, failures)
+    finally:
+        with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as handle:
+            json.dump(failures, handle)
+        dist.destroy_process_group()
+
+
+@pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
+                    reason="needs torch.distributed with gloo")
+@pytest.mark.parametrize("world", [2, 3])
+def test_sharded_matches_single_process(world, tmp_path):
+    mp.spawn(_worker, args=(world, str(tmp_path / "init"), str(tmp_path)), nprocs=world,
+             join=True)
+    failures = {rank: json.loads((tmp_path / f"rank{rank}.json").read_text())
+                for rank in range(world)}
+    assert failures == {rank: [] for rank in range(world)}
+
+
+
+def test_torchrun_example():
+    result = run_python("-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                        "examples/vocab_parallel.py", timeout=120)
+    assert result.returncode == 0, result.stderr
+    found = re.findall(r"rank (\d): .* loss (\S+) one-process (\S+)", result.stdout)
+    assert sorted(rank for rank, _, _ in found) == ["0", "1"], result.stdout
+    for _, sharded, whole in found:
+        assert float(sharded) == pytest.approx(float(whole), rel=1e-6)
