@@ -188,7 +188,7 @@ def ldrld_loss(
         beta=beta, ce_weight=ce_weight, adw_scale=adw_scale, adw_decay=adw_decay,
         adw_offset=adw_offset, rank_by=rank_by, ignore_index=ignore_index,
         reduction=reduction, backend=backend,
-        num_classes=None if process_group is None else 0,  # (a slice: k checked below)
+        vocab_slice=process_group is not None,  # (then k is checked against C below)
     )
     shard = None
     if process_group is not None:
@@ -213,8 +213,9 @@ def ldrld_loss(
         ce_weight=float(ce_weight), adw_scale=float(adw_scale), adw_decay=float(adw_decay),
         adw_offset=float(adw_offset), rank_by=rank_by, ignore_index=int(ignore_index),
     )
-    student_2d = student_logits.reshape(-1, num_classes)
-    teacher_2d = teacher_logits.reshape(-1, num_classes)
+    # (the row count spelled out: a rank's slice of the classes may be empty)
+    student_2d = student_logits.reshape(math.prod(lead), num_classes)
+    teacher_2d = teacher_logits.reshape(math.prod(lead), num_classes)
     mean_scale = None
     if reduction == "mean":
         dtype = torch.float64 if torch.float64 in (student_2d.dtype, teacher_2d.dtype) \

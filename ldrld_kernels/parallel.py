@@ -21,8 +21,8 @@ rest locally, on each rank's slice):
 
 Communication per call: rows x 4 k world numbers gathered (float64) and rows x 8 reduced
 (6 without a target), plus one all-gather of 5 numbers per rank that checks that the ranks
-agree; nothing that grows with C. No host synchronisation is
-added on an accelerator (the collectives are asynchronous to the host).
+agree; nothing that grows with C. That check reads the gathered numbers on the host: one
+host synchronisation per call on an accelerator (the other collectives are asynchronous).
 """
 
 from __future__ import annotations

@@ -692,9 +692,12 @@ def _ldrld_fused_kernel(
         full_lo = tl.maximum(lo, FIRST)
         full_hi = tl.maximum(tl.minimum(hi, last), full_lo)
         tail_lo = tl.maximum(lo, last)
-        # (per row: the interpreter mistypes a scalar bool broadcast into a tensor)
+        # whether the split holds the chunk of the row's first position, and of its last one
+        # (a shifted row may end a chunk before `end`); per row: the interpreter mistypes a
+        # scalar bool broadcast into a tensor
         first_here = tl.zeros([ROWS], tl.int32) + lo == 0
-        last_here = tl.zeros([ROWS], tl.int32) + hi == end
+        last_chunk = (C + shift - 1) // BLOCK
+        last_here = (last_chunk >= lo) & (last_chunk < hi)
     n_full = full_hi - full_lo
     c2 = LOG2E / T  # x c2 is x / T in base 2
     ranks = tl.arange(0, K_PAD)[None, :]

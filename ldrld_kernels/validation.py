@@ -58,12 +58,11 @@ def validate(
     ignore_index: object,
     reduction: object,
     backend: object,
-    num_classes: int | None = None,
+    vocab_slice: bool = False,
 ) -> None:
     """Raise ``TypeError`` / ``ValueError`` naming the argument and the value, or return.
-    ``num_classes`` is the row's width, by default the logits' last dimension; 0 when the
-    logits hold a slice of the row (vocabulary parallel): then only ``k >= 2`` is checked
-    here, and ``check_k`` checks it against the whole row.
+    With ``vocab_slice`` the logits hold a slice of each row (vocabulary parallel): only
+    ``k >= 2`` is checked here, and the caller checks k against the whole row (``check_k``).
 
     Target values are checked separately (``check_target_values``): that reads the data.
     """
@@ -81,7 +80,7 @@ def validate(
         )
     if isinstance(k, bool) or not isinstance(k, numbers.Integral):
         raise TypeError(f"ldrld_loss: k must be an int, got k={k!r}")
-    check_k(k, student.shape[-1] if num_classes is None else num_classes)
+    check_k(k, None if vocab_slice else student.shape[-1])
     if k > MAX_K:
         raise ValueError(f"ldrld_loss: k must be <= {MAX_K}, got k={k}")
     _check_real("temperature", temperature, positive=True)
@@ -116,11 +115,12 @@ def validate(
         )
 
 
-def check_k(k: int, num_classes: int) -> None:
-    """``2 <= k < C`` (only ``k >= 2`` while C is not known, 0)."""
-    if k < 2 or 0 < num_classes <= k:
+def check_k(k: int, num_classes: int | None) -> None:
+    """``2 <= k < C`` (only ``k >= 2`` while C is not known, None)."""
+    if k < 2 or (num_classes is not None and num_classes <= k):
+        shown = "?" if num_classes is None else num_classes
         raise ValueError(
-            f"ldrld_loss: k must satisfy 2 <= k < C (C = {num_classes or '?'} classes), got k={k}"
+            f"ldrld_loss: k must satisfy 2 <= k < C (C = {shown} classes), got k={k}"
         )
 
 

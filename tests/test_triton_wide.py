@@ -83,6 +83,18 @@ def test_exact_selection_inside_a_split():
     _split_matches(student, teacher, random_target(2, num_classes=1024), 4, 2)
 
 
+def test_row_ending_a_chunk_before_the_last_split():
+    # 127 classes in rows of odd stride (shifted): row 0 ends in chunk 3, the last split holds
+    # only chunk 4, and row 0's last group holds a selected class and the target; only the
+    # split that holds that group may write it (the last split once overwrote both)
+    student, teacher = random_logits(4, 127, seed=12)
+    target = random_target(4, num_classes=127)
+    target[0] = 126
+    student[0, 125] = 50.0
+    launch = _split_matches(student, teacher, target, 3, 4)
+    assert launch.split_chunks * launch.lanes * launch.vec == 64
+
+
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 def test_public_calls_reductions_and_k(reduction):
     student, teacher = random_logits(3, 517, seed=4)

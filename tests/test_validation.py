@@ -23,6 +23,7 @@ Y = torch.randint(0, 10, (4,))
         ((S, T.to("meta")), {}, ValueError, "same device"),
         ((S, T), {"k": 1}, ValueError, "k=1"),
         ((S, T), {"k": 10}, ValueError, "k=10"),
+        ((torch.empty(4, 0), torch.empty(4, 0)), {"k": 3}, ValueError, "C = 0 classes"),
         ((torch.randn(2, 100), torch.randn(2, 100)), {"k": 65}, ValueError, "k=65"),
         ((S, T), {"k": 3.0}, TypeError, "k=3.0"),
         ((S, T), {"temperature": 0.0}, ValueError, "temperature=0.0"),
