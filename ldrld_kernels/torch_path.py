@@ -149,11 +149,10 @@ def ldrld_rows(
         counted = target != config.ignore_index
         log_softmax_s = log_softmax_s[0]
         safe_target = torch.where(counted, target, 0)[:, None]
-        if shard is None:
-            ce = -log_softmax_s.gather(1, safe_target)[:, 0]
-        else:
+        if shard is not None:  # the target's column here, or the extra one
             safe_target = _local_columns(safe_target, shard)
-            ce = -log_softmax_s.gather(1, safe_target)[:, 0]
+        ce = -log_softmax_s.gather(1, safe_target)[:, 0]
+        if shard is not None:  # (only the rank that holds the target adds its share)
             ce = torch.where(safe_target[:, 0] < shard.local_classes, ce, 0.0)
     if shard is not None:  # this rank's shares of KL_rest and of the cross-entropy
         kl_rest, ce = shard.all_reduce(torch.stack([kl_rest, ce]), dist.ReduceOp.SUM)

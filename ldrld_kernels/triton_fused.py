@@ -480,10 +480,10 @@ def _row_values(loss_ptr, parts_ptr, student_ptr, teacher_ptr, target_ptr, grad_
     top_c, available = _top_classes(gt if RANK_BY_TEACHER else gs, gathered_p - shift3,
                                     gathered_ok, k, C, K_PAD)
     N: tl.constexpr = win_g.shape[1] * VEC
-    extra_u = tl.where(tl.reshape(available, [ROWS, N]), tl.reshape(gs, [ROWS, N]),
-                       -float("inf"))
-    extra_v = tl.where(tl.reshape(available, [ROWS, N]), tl.reshape(gt, [ROWS, N]),
-                       -float("inf"))
+    gs = tl.reshape(gs, [ROWS, N])
+    left = tl.reshape(available, [ROWS, N])
+    extra_u = tl.where(left, gs, -float("inf"))
+    extra_v = tl.where(left, tl.reshape(gt, [ROWS, N]), -float("inf"))
     m_u2, z_u = _merge_classes(m_u, z_u, extra_u, c2)
     m_v2, z_v_all = _merge_classes(m_v, z_v, extra_v, c2)
     w = _move_w(w, z_v, m_u, m_v, m_u2, m_v2)
@@ -504,9 +504,8 @@ def _row_values(loss_ptr, parts_ptr, student_ptr, teacher_ptr, target_ptr, grad_
     # one remaining class: the point mass on both sides, KL exactly 0
     kl_rest = tl.where(C - k == 1, 0.0, kl_rest)
     if HAS_TARGET:
-        m_s, z_s = _merge_classes(m_s, z_s, tl.where(tl.reshape(gathered_ok, [ROWS, N]),
-                                                     tl.reshape(gs, [ROWS, N]), -float("inf")),
-                                  LOG2E)
+        m_s, z_s = _merge_classes(
+            m_s, z_s, tl.where(tl.reshape(gathered_ok, [ROWS, N]), gs, -float("inf")), LOG2E)
         y = tl.load(target_ptr + rows_in)
         counted = (y != ignore_index) & row_ok
         y_safe = tl.where(counted & (y >= 0) & (y < C), y, 0)
