@@ -16,7 +16,7 @@ import torch
 
 from ldrld_kernels import parallel, torch_path
 from ldrld_kernels.config import LossConfig
-from ldrld_kernels.validation import check_k, check_target_values, validate
+from ldrld_kernels.validation import check_target_values, validate
 
 
 class LDRLDOutput(NamedTuple):
@@ -35,7 +35,15 @@ def _triton_rows(*args):
     return triton_fused.ldrld_rows(*args)
 
 
+def _triton_sharded_rows(*args, shard):
+    from ldrld_kernels import triton_parallel
+
+    return triton_parallel.ldrld_rows(*args, shard)
+
+
 _BACKENDS = {"torch": torch_path.ldrld_rows, "triton": _triton_rows}
+# with a process_group: each rank's slice of the classes (``parallel``)
+_SHARDED_BACKENDS = {"torch": torch_path.ldrld_rows, "triton": _triton_sharded_rows}
 
 
 def _interpreting() -> bool:
@@ -90,7 +98,7 @@ class _LDRLDFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, student, teacher, target, config, backend, reduction, mean_scale, shard):
         rows = _BACKENDS[backend] if shard is None else \
-            functools.partial(torch_path.ldrld_rows, shard=shard)
+            functools.partial(_SHARDED_BACKENDS[backend], shard=shard)
         row_loss, parts, grad_s, grad_t = rows(
             student, teacher, target, config, ctx.needs_input_grad[0], ctx.needs_input_grad[1],
             mean_scale,
@@ -178,7 +186,8 @@ def ldrld_loss(
             (vocabulary parallel, ``parallel``): each rank passes its contiguous slice
             ``(..., C_rank)`` of both logits, in rank order (slices may differ in width), and
             the same ``target`` of global class ids; every rank gets the same loss and the
-            gradient of its slice. Runs the PyTorch path on every device for now.
+            gradient of its slice. Each rank runs its slice on the backend chosen as
+            without a group (``triton_parallel`` for Triton).
 
     Returns:
         The loss, float32 (float64 for float64 inputs), or an ``LDRLDOutput``.
@@ -188,20 +197,15 @@ def ldrld_loss(
         beta=beta, ce_weight=ce_weight, adw_scale=adw_scale, adw_decay=adw_decay,
         adw_offset=adw_offset, rank_by=rank_by, ignore_index=ignore_index,
         reduction=reduction, backend=backend,
-        vocab_slice=process_group is not None,  # (then k is checked against C below)
+        vocab_slice=process_group is not None,  # (then shard_of checks k against C)
     )
     shard = None
     if process_group is not None:
-        if backend == "triton":
-            raise ValueError("ldrld_loss: process_group runs on the PyTorch path for now; use "
-                             "backend='auto' or 'torch'")
         # one small all-gather, which also checks that the ranks agree
         shard = parallel.shard_of(student_logits, process_group,
                                   math.prod(student_logits.shape[:-1]), k, temperature,
                                   target is not None)
-        check_k(k, shard.num_classes)
-    backend = "torch" if shard is not None else resolve_backend(backend, student_logits,
-                                                                teacher_logits)
+    backend = resolve_backend(backend, student_logits, teacher_logits)
     lead, num_classes = student_logits.shape[:-1], student_logits.shape[-1]
     flat_target = None
     if target is not None:
@@ -222,7 +226,7 @@ def ldrld_loss(
             else torch.float32
         mean_scale = _mean_scale(flat_target, student_2d.shape[0], ignore_index, dtype,
                                  student_2d.device)
-    if backend == "triton" and torch.compiler.is_compiling():
+    if backend == "triton" and shard is None and torch.compiler.is_compiling():
         # torch.compile sees the kernels as one custom op rather than tracing their launches
         from ldrld_kernels import ops
 

@@ -21,8 +21,9 @@ rest locally, on each rank's slice):
 
 Communication per call: rows x 4 k world numbers gathered (float64) and rows x 8 reduced
 (6 without a target), plus one all-gather of 5 numbers per rank that checks that the ranks
-agree; nothing that grows with C. That check reads the gathered numbers on the host: one
-host synchronisation per call on an accelerator (the other collectives are asynchronous).
+agree; nothing that grows with C. No host synchronisation: that check runs on host tensors
+when the group carries them (gloo, or ``backend="cpu:gloo,cuda:nccl"``), and is an
+asynchronous device assertion on an NCCL-only group (``shard_of``).
 """
 
 from __future__ import annotations
@@ -32,16 +33,19 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from ldrld_kernels.validation import check_k
+
 
 @dataclass(frozen=True)
 class Shard:
     """This rank's slice of the classes: global classes [offset, offset + local_classes) of
-    ``num_classes``, in ``group``."""
+    ``num_classes``, in ``group``. ``offset`` and ``num_classes`` are 0-d device tensors when
+    the group cannot carry host tensors (``shard_of``)."""
 
     group: object  # a torch.distributed ProcessGroup
-    offset: int
+    offset: int | torch.Tensor
     local_classes: int
-    num_classes: int
+    num_classes: int | torch.Tensor
 
     def all_reduce(self, tensor: torch.Tensor, op: object) -> torch.Tensor:
         dist.all_reduce(tensor, op=op, group=self.group)
@@ -53,32 +57,60 @@ class Shard:
         return parts
 
 
+_AGREED = ((0, "row count"), (2, "k"), (3, "temperature"), (4, "target (None on some ranks)"))
+
+
+def checks_on_host(group: object, device: torch.device) -> bool:
+    """Whether the ranks' agreement is checked with host tensors: on CPU, and with a group
+    that carries them beside accelerator tensors (gloo or MPI, e.g. a group created with
+    ``backend="cpu:gloo,cuda:nccl"``), which costs no device synchronisation."""
+    backend = str(dist.get_backend(group)).lower()
+    return device.type == "cpu" or "gloo" in backend or "mpi" in backend
+
+
 def shard_of(student: torch.Tensor, group: object, rows: int, k: int, temperature: float,
              has_target: bool) -> Shard:
     """This rank's ``Shard``, after one small all-gather that checks that every rank passes
-    the same row count, k, temperature and target presence: a ``ValueError`` on every rank
-    when they do not, never a hang in a later collective."""
+    the same row count, k, temperature and target presence, and that 2 <= k < C. On host
+    tensors (``checks_on_host``): a ``ValueError`` on every rank when they do not, never a
+    hang in a later collective. Otherwise (an NCCL-only group) the gather runs on the device
+    and the check is an asynchronous assertion, like the target check on an accelerator:
+    no host synchronisation, and a disagreement surfaces as a device-side error."""
     local = student.shape[-1]
-    mine = torch.tensor([rows, local, k, temperature, float(has_target)], dtype=torch.float64,
-                        device=student.device)
-    shard = Shard(group, 0, local, local)
-    table = torch.stack(shard.all_gather(mine)).cpu()
-    for column, name in ((0, "row count"), (2, "k"), (3, "temperature"),
-                         (4, "target (None on some ranks)")):
+    host = checks_on_host(group, student.device)
+    mine = torch.tensor([rows, local, k, temperature, float(has_target)], dtype=torch.float64)
+    if not host and student.device.type != "cpu":
+        # from pinned memory, asynchronously: a copy from pageable memory would synchronise
+        mine = mine.pin_memory().to(student.device, non_blocking=True)
+    table = torch.stack(Shard(group, 0, local, local).all_gather(mine))
+    rank = dist.get_rank(group)
+    if not host:
+        agreed = [column for column, _ in _AGREED]
+        torch._assert_async((table[:, agreed] == table[0, agreed]).all(),
+                            "ldrld_loss: the ranks of process_group disagree on the row count, "
+                            "k, temperature or target presence")
+        widths = table[:, 1].long()
+        num_classes = widths.sum()
+        torch._assert_async(num_classes > k, "ldrld_loss: k must satisfy k < C")
+        return Shard(group, widths[:rank].sum(), local, num_classes)
+    for column, name in _AGREED:
         values = table[:, column].tolist()
         if len(set(values)) > 1:
             raise ValueError(f"ldrld_loss: the ranks of process_group disagree on the {name}: "
                              f"{values} (rank by rank)")
     widths = [int(width) for width in table[:, 1].tolist()]
-    rank = dist.get_rank(group)
+    check_k(k, sum(widths))
     return Shard(group, sum(widths[:rank]), local, sum(widths))
 
 
 def global_top_k(key: torch.Tensor, student: torch.Tensor, teacher: torch.Tensor, k: int,
-                 shard: Shard) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                 shard: Shard, classes: torch.Tensor | None = None,
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The global top-k classes of each row by ``key`` (this rank's slice of the ranking
-    logits), in rank order with ties to the smaller global class: (global classes,
-    student logits, teacher logits), each (rows, k), the logits in float64 (exact)."""
+    logits, or some of its classes: their global ids ``classes``, increasing along each row,
+    larger than every class for empty columns), in rank order with ties to the smaller global
+    class: (global classes, student logits, teacher logits), each (rows, k), the logits in
+    float64 (exact)."""
     from ldrld_kernels.torch_path import top_k_indices
 
     rows, local = key.shape
@@ -88,7 +120,8 @@ def global_top_k(key: torch.Tensor, student: torch.Tensor, teacher: torch.Tensor
     # every real one, which ranks after every real class of equal key
     candidates = torch.full((rows, k, 4), -torch.inf, dtype=torch.float64, device=key.device)
     candidates[:, :, 0] = shard.num_classes + torch.arange(k, device=key.device)
-    candidates[:, :found, 0] = (index + shard.offset).to(torch.float64)
+    chosen = index + shard.offset if classes is None else classes.gather(1, index)
+    candidates[:, :found, 0] = chosen.to(torch.float64)
     for column, x in ((1, key), (2, student), (3, teacher)):
         candidates[:, :found, column] = x.gather(1, index).to(torch.float64)
     table = torch.cat(shard.all_gather(candidates), dim=1)  # (rows, k x world, 4)

@@ -136,22 +136,33 @@ def launch_for(rows: int, num_classes: int, student_itemsize: int, teacher_items
 
 def hbm_bytes_per_element(rows: int, num_classes: int, student_itemsize: int,
                           teacher_itemsize: int, teacher_grad: bool,
-                          hardware: Hardware) -> float:
+                          hardware: Hardware, ranks: int = 1) -> float:
     """The HBM traffic model, bytes per logit element of a training step. Compulsory: one read
     of each input and one write of each gradient. Both designs read a row three times (the
     ranking logits, then both inputs twice), so the ranking input and both inputs once more
     come from L2 when the bytes waiting for their re-read fit in it, and in the share
     1 - L2 / waiting from HBM when they do not. Waiting: for whole rows, about 60% of every
     resident program's rows (a row streams while its re-reads wait); for wide rows, the
-    wave's logits, which ``split_launch`` keeps under ``L2_SHARE`` of the L2."""
+    wave's logits, which ``split_launch`` keeps under ``L2_SHARE`` of the L2. Vocabulary
+    parallel (one rank of ``ranks``, ``triton_parallel``): the statistics phase re-reads the
+    ranking input as whole rows do, and the gradient phase both inputs after the collectives,
+    so from L2 only when all the rank's rows fit in it."""
     compulsory = (student_itemsize + teacher_itemsize + student_itemsize
                   + (teacher_itemsize if teacher_grad else 0))
     rereads = 2 * student_itemsize + teacher_itemsize  # ranked by the student (the default)
-    launch = launch_for(rows, num_classes, student_itemsize, teacher_itemsize, hardware)
-    row_bytes = num_classes * (student_itemsize + teacher_itemsize)
+    width = -(-num_classes // ranks)
+    launch = launch_for(rows, width, student_itemsize, teacher_itemsize, hardware) \
+        if ranks == 1 else split_launch(rows, width, student_itemsize, teacher_itemsize,
+                                        hardware, wave_rows=rows)
+    row_bytes = width * (student_itemsize + teacher_itemsize)
+
+    def missed(waiting: float) -> float:
+        return max(0.0, 1.0 - hardware.l2_bytes / max(waiting, 1.0))
+
+    programs = hardware.multiprocessors * max(1, RESIDENT_WARPS // launch.num_warps)
+    if ranks > 1:
+        return (compulsory + student_itemsize * missed(0.6 * programs * row_bytes)
+                + (student_itemsize + teacher_itemsize) * missed(rows * row_bytes))
     if launch.split_chunks:
-        waiting = launch.wave_rows * row_bytes
-    else:
-        programs = hardware.multiprocessors * max(1, RESIDENT_WARPS // launch.num_warps)
-        waiting = 0.6 * programs * launch.rows * row_bytes
-    return compulsory + rereads * max(0.0, 1.0 - hardware.l2_bytes / waiting)
+        return compulsory + rereads * missed(launch.wave_rows * row_bytes)
+    return compulsory + rereads * missed(0.6 * programs * launch.rows * row_bytes)

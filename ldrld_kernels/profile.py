@@ -56,7 +56,7 @@ from pathlib import Path
 
 import torch
 
-from ldrld_kernels import policy
+from ldrld_kernels import parallel, policy
 from ldrld_kernels.config import LossConfig
 from ldrld_kernels.hardware import HOPPER, assume
 
@@ -525,6 +525,7 @@ class CallProfile:
     bytes_per_element: int
     kernels: list[KernelProfile]
     hbm_bytes_per_element: float = 0.0  # the design's model (policy.hbm_bytes_per_element)
+    ranks: int = 1  # vocabulary parallel: one rank's slice of the classes, C / ranks
     instructions_per_element: float = 0.0
     ceiling_h100: float = 0.0  # % of copy bandwidth the issue rate allows
     ceiling_h200: float = 0.0
@@ -540,17 +541,35 @@ class CallProfile:
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
+class _OneRank(parallel.Shard):
+    """A rank whose collectives return their input: the vocabulary-parallel launches of one
+    rank's slice, without a process group."""
+
+    def all_reduce(self, tensor: torch.Tensor, op: object) -> torch.Tensor:
+        return tensor
+
+    def all_gather(self, tensor: torch.Tensor) -> list[torch.Tensor]:
+        return [tensor]
+
+
 def compile_call(student: torch.Tensor, teacher: torch.Tensor, target: torch.Tensor | None,
                  config: LossConfig, student_grad: bool = True,
-                 teacher_grad: bool = False) -> list[Launch]:
+                 teacher_grad: bool = False, sharded: bool = False) -> list[Launch]:
     """Compile, for sm_90, every kernel that ``ldrld_loss(..., backend="triton")`` launches on
     these (CPU) tensors: the forward pass with a mean's gradient scale, then the backward of
-    ``loss.backward()``."""
-    from ldrld_kernels import triton_common, triton_fused
+    ``loss.backward()``; ``sharded``: as one rank's slice of the classes
+    (``triton_parallel``)."""
+    from ldrld_kernels import triton_common, triton_fused, triton_parallel
 
     with compile_only() as launches:
-        _, _, grad_s, grad_t = triton_fused.ldrld_rows(
-            student, teacher, target, config, student_grad, teacher_grad, torch.ones(()))
+        if sharded:
+            width = student.shape[1]
+            _, _, grad_s, grad_t = triton_parallel.ldrld_rows(
+                student, teacher, target, config, student_grad, teacher_grad, torch.ones(()),
+                _OneRank(None, 0, width, width))
+        else:
+            _, _, grad_s, grad_t = triton_fused.ldrld_rows(
+                student, teacher, target, config, student_grad, teacher_grad, torch.ones(()))
         for grad in (grad_s, grad_t):
             if grad is not None:
                 triton_common.scale_in_place(grad, torch.ones(()))
@@ -558,14 +577,18 @@ def compile_call(student: torch.Tensor, teacher: torch.Tensor, target: torch.Ten
 
 
 def profile_call(rows: int, classes: int, dtype: str = "bfloat16", k: int = 7,
-                 target: bool = True, teacher_grad: bool = False) -> CallProfile:
+                 target: bool = True, teacher_grad: bool = False, ranks: int = 1) -> CallProfile:
     """Compile and count every kernel of one training-step call on ``rows`` x ``classes``
-    logits of ``dtype`` (the student's gradient, and the teacher's with ``teacher_grad``)."""
+    logits of ``dtype`` (the student's gradient, and the teacher's with ``teacher_grad``);
+    with ``ranks`` > 1, of the first rank of a vocabulary-parallel call (C / ranks classes,
+    rounded up), counted per element of its slice."""
     torch_dtype = DTYPES[dtype]
-    student = torch.empty(rows, classes, dtype=torch_dtype)
-    teacher = torch.empty(rows, classes, dtype=torch_dtype)
+    width = -(-classes // ranks)
+    student = torch.empty(rows, width, dtype=torch_dtype)
+    teacher = torch.empty(rows, width, dtype=torch_dtype)
     labels = torch.zeros(rows, dtype=torch.long) if target else None
-    launches = compile_call(student, teacher, labels, LossConfig(k=k), True, teacher_grad)
+    launches = compile_call(student, teacher, labels, LossConfig(k=k), True, teacher_grad,
+                            sharded=ranks > 1)
     moved = torch_dtype.itemsize * (3 + teacher_grad)  # read both, write the gradient(s)
     # the waves of wide rows launch the same kernels with the same arguments but the first
     # row (and a smaller last wave): counted once each, over all their programs
@@ -576,12 +599,13 @@ def profile_call(rows: int, classes: int, dtype: str = "bfloat16", k: int = 7,
                      if name != "row0" and not isinstance(value, torch.Tensor)))
         alike.setdefault(key, []).append(launch)
     return CallProfile(rows, classes, dtype, k, target, teacher_grad, moved,
-                       [profile_launch(group[0], rows, classes, len(group),
+                       [profile_launch(group[0], rows, width, len(group),
                                        sum(math.prod(launch.grid) for launch in group))
                         for group in alike.values()],
                        hbm_bytes_per_element=policy.hbm_bytes_per_element(
                            rows, classes, torch_dtype.itemsize, torch_dtype.itemsize,
-                           teacher_grad, HOPPER))
+                           teacher_grad, HOPPER, ranks),
+                       ranks=ranks)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -607,22 +631,22 @@ def _fused(instructions: float) -> Budget:
     return Budget(instructions, mufu_per_element=5.0)
 
 
-# (rows, classes, dtype) -> limits, held with Triton 3.9 and 3.6 alike (CI checks both).
+# (rows, classes, dtype, ranks) -> limits, held with Triton 3.9 and 3.6 alike (CI checks both).
 # Whole rows (up to 65,536 classes): issue 11's bars, 64 / 80 instructions per element at
 # 1,000 classes and 48 / 64 above. Wide rows (split over programs, in waves): issue 12's bars,
 # 60 / 80 summed over both phases, at 4,096 x 131,072, 2,048 x 262,144 and 16 x 262,144.
-BUDGETS: dict[tuple[int, int, str], Budget] = {
-    (4096, 1000, "bfloat16"): _fused(64), (4096, 1000, "float32"): _fused(80),
-    (4096, 4096, "bfloat16"): _fused(48), (4096, 4096, "float32"): _fused(64),
-    (4096, 8192, "bfloat16"): _fused(48), (4096, 8192, "float32"): _fused(64),
-    (4096, 16384, "bfloat16"): _fused(48), (4096, 16384, "float32"): _fused(64),
-    (4096, 21843, "bfloat16"): _fused(48), (4096, 21843, "float32"): _fused(64),
-    (4096, 32000, "bfloat16"): _fused(48), (4096, 32000, "float32"): _fused(64),
-    (4096, 50257, "bfloat16"): _fused(48), (4096, 50257, "float32"): _fused(64),
-    (4096, 65536, "bfloat16"): _fused(48), (4096, 65536, "float32"): _fused(64),
-    **{(rows, classes, dtype): Budget(limit, max_kernels=2, mufu_per_element=5.0)
+# Vocabulary parallel (issue 13): one of 8 ranks of a 128,256-class LM head, its statistics
+# and gradient phases held to the whole-row bars (the merge between them is PyTorch's).
+BUDGETS: dict[tuple[int, int, str, int], Budget] = {
+    **{(4096, classes, "bfloat16", 1): _fused(64 if classes == 1000 else 48)
+       for classes in (1000, 4096, 8192, 16384, 21843, 32000, 50257, 65536)},
+    **{(4096, classes, "float32", 1): _fused(80 if classes == 1000 else 64)
+       for classes in (1000, 4096, 8192, 16384, 21843, 32000, 50257, 65536)},
+    **{(rows, classes, dtype, 1): Budget(limit, max_kernels=2, mufu_per_element=5.0)
        for rows, classes in ((4096, 131072), (2048, 262144), (16, 262144))
        for dtype, limit in (("bfloat16", 60), ("float32", 80))},
+    **{(8192, 128256, dtype, 8): Budget(limit, max_kernels=2, mufu_per_element=5.0)
+       for dtype, limit in (("bfloat16", 48), ("float32", 64))},
 }
 
 
@@ -630,10 +654,10 @@ def check_budgets(profiles: Sequence[CallProfile]) -> list[str]:
     """One line per broken budget (profiles of calls without a budget are not held)."""
     broken = []
     for call in profiles:
-        budget = BUDGETS.get((call.rows, call.classes, call.dtype))
+        budget = BUDGETS.get((call.rows, call.classes, call.dtype, call.ranks))
         if budget is None or call.k != 7 or not call.target or call.teacher_grad:
             continue
-        where = f"{call.rows} x {call.classes} {call.dtype}"
+        where = f"{call.rows} x {call.classes}{_per_rank(call)} {call.dtype}"
         if call.instructions_per_element > budget.instructions_per_element:
             broken.append(f"{where}: {call.instructions_per_element:.1f} instructions per "
                           f"element > {budget.instructions_per_element:g}")
@@ -665,12 +689,18 @@ COLUMNS = ("rows", "C", "dtype", "kernel", "grid", "warps", "regs", "spill B", "
            "H100 %", "H200 %")
 
 
+def _per_rank(call: CallProfile) -> str:
+    """How a vocabulary-parallel call's classes are split: "/8" for one rank of 8."""
+    return f"/{call.ranks}" if call.ranks > 1 else ""
+
+
 def table_rows(profiles: Sequence[CallProfile]) -> list[list[str]]:
     rows = []
     for call in profiles:
         for kernel in call.kernels:
             rows.append([
-                str(call.rows), str(call.classes), call.dtype, kernel.name.strip("_"),
+                str(call.rows), f"{call.classes}{_per_rank(call)}", call.dtype,
+                kernel.name.strip("_"),
                 ("" if kernel.launches == 1 else f"{kernel.launches} x ") +
                 "x".join(map(str, kernel.grid)), str(kernel.num_warps), str(kernel.registers),
                 str(kernel.spill_store_bytes + kernel.spill_load_bytes),
@@ -680,7 +710,8 @@ def table_rows(profiles: Sequence[CallProfile]) -> list[list[str]]:
                 "/".join(map(str, kernel.load_bits)) or "-",
                 "/".join(map(str, kernel.store_bits)) or "-",
                 f"{kernel.instructions_per_element:.1f}", "", "", ""])
-        rows.append([str(call.rows), str(call.classes), call.dtype, "= call"] + [""] * 11 + [
+        rows.append([str(call.rows), f"{call.classes}{_per_rank(call)}", call.dtype,
+                     "= call"] + [""] * 11 + [
                      f"{call.instructions_per_element:.1f}",
                      f"{call.hbm_bytes_per_element:.1f}", f"{call.ceiling_h100:.0f}",
                      f"{call.ceiling_h200:.0f}"])
@@ -706,6 +737,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--classes", nargs="+", type=int, metavar="C",
                         help="classes per row (default: the shapes of profile.BUDGETS)")
     parser.add_argument("--rows", type=int, help="rows (default: 4096 with --classes)")
+    parser.add_argument("--ranks", type=int,
+                        help="vocabulary parallel: profile one rank of this many (C / ranks "
+                             "classes each; default: 1 with --classes)")
     parser.add_argument("--dtype", nargs="+", choices=tuple(DTYPES),
                         default=["bfloat16", "float32"])
     parser.add_argument("--k", type=int, default=7)
@@ -722,17 +756,18 @@ def run(args: argparse.Namespace) -> int:
     import triton
 
     if args.classes:
-        shapes = [(args.rows or 4096, classes) for classes in args.classes]
+        shapes = [(args.rows or 4096, classes, args.ranks) for classes in args.classes]
     else:
-        shapes = sorted({(rows, classes) for rows, classes, _ in BUDGETS
-                         if args.rows in (None, rows)}, key=lambda shape: (shape[1], -shape[0]))
+        shapes = sorted({(rows, classes, ranks) for rows, classes, _, ranks in BUDGETS
+                         if args.rows in (None, rows) and args.ranks in (None, ranks)},
+                        key=lambda shape: (shape[2], shape[1], -shape[0]))
     print(f"ldrld profile: Triton {triton.__version__}, sm_{SM_TARGET}, "
           f"k={args.k}, {'no target' if args.no_target else 'with target'}, "
           f"{'student and teacher' if args.teacher_grad else 'student'} gradient",
           flush=True)
     profiles = [profile_call(rows, classes, dtype, args.k, not args.no_target,
-                             args.teacher_grad)
-                for rows, classes in shapes for dtype in args.dtype]
+                             args.teacher_grad, ranks or 1)
+                for rows, classes, ranks in shapes for dtype in args.dtype]
     print(format_markdown(profiles) if args.markdown else format_table(profiles))
     if args.json:
         Path(args.json).write_text(json.dumps([dataclasses.asdict(p) for p in profiles],

@@ -71,6 +71,40 @@ def _log_softmax(rows: list[torch.Tensor], shard: parallel.Shard | None) -> list
     return [x - m[:, None] - z.log()[:, None] for x, m, z in zip(rows, top, sums)]
 
 
+def local_term(u_top: torch.Tensor, v_top: torch.Tensor, config: LossConfig,
+               need_student_grad: bool, need_teacher_grad: bool,
+               ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """The local term of each row from u = s / T and v = t / T at its top-k classes in rank
+    order (rows, k), and the gradients of sum_i<j w_ij KL_ij + KL_top at them over T (the
+    caller multiplies by alpha T / num_groups), each (rows, k) or None where not asked for."""
+    # Dense pairs, all at once; the weights are 0 on and below the diagonal. Under
+    # torch.compile the weights are traced as constants (Dynamo cannot trace a cache).
+    weights_of = adw_weights if torch.compiler.is_compiling() else _pair_weights
+    weights = weights_of(config.k, config.adw_scale, config.adw_decay, config.adw_offset,
+                         dtype=u_top.dtype, device=u_top.device)
+    a = v_top[:, :, None] - v_top[:, None, :]
+    b = u_top[:, :, None] - u_top[:, None, :]
+    p_pair = torch.sigmoid(a)
+    log_ratio_i = F.logsigmoid(a) - F.logsigmoid(b)
+    kl_pair = p_pair * log_ratio_i + torch.sigmoid(-a) * (F.logsigmoid(-a) - F.logsigmoid(-b))
+    # Top-k group.
+    log_p_top = F.log_softmax(v_top, dim=-1)
+    log_q_top = F.log_softmax(u_top, dim=-1)
+    p_top = log_p_top.exp()
+    kl_top = (p_top * (log_p_top - log_q_top)).sum(dim=-1)
+    T = config.temperature
+    local = T**2 * ((weights * kl_pair).sum(dim=(1, 2)) + kl_top) / config.num_groups
+    grad_s = grad_t = None
+    if need_student_grad:
+        pair = weights * (torch.sigmoid(b) - p_pair)
+        grad_s = pair.sum(dim=2) - pair.sum(dim=1) + log_q_top.exp() - p_top
+    if need_teacher_grad:
+        pair = weights * p_pair * (log_ratio_i - kl_pair)
+        grad_t = (pair.sum(dim=2) - pair.sum(dim=1)
+                  + p_top * (log_p_top - log_q_top - kl_top[:, None]))
+    return local, grad_s, grad_t
+
+
 def ldrld_rows(
     student: torch.Tensor,
     teacher: torch.Tensor,
@@ -115,22 +149,8 @@ def ldrld_rows(
             s_all = F.pad(s_all, (0, 1), value=-math.inf)
         top = _local_columns(top_global, shard)
 
-    # Dense pairs, all at once; the weights are 0 on and below the diagonal. Under
-    # torch.compile the weights are traced as constants (Dynamo cannot trace a cache).
-    weights_of = adw_weights if torch.compiler.is_compiling() else _pair_weights
-    weights = weights_of(k, config.adw_scale, config.adw_decay, config.adw_offset, dtype=dtype,
-                         device=device)
-    a = v_top[:, :, None] - v_top[:, None, :]
-    b = u_top[:, :, None] - u_top[:, None, :]
-    p_pair = torch.sigmoid(a)
-    log_ratio_i = F.logsigmoid(a) - F.logsigmoid(b)
-    kl_pair = p_pair * log_ratio_i + torch.sigmoid(-a) * (F.logsigmoid(-a) - F.logsigmoid(-b))
-    # Top-k group.
-    log_p_top = F.log_softmax(v_top, dim=-1)
-    log_q_top = F.log_softmax(u_top, dim=-1)
-    p_top = log_p_top.exp()
-    kl_top = (p_top * (log_p_top - log_q_top)).sum(dim=-1)
-    local = T**2 * ((weights * kl_pair).sum(dim=(1, 2)) + kl_top) / config.num_groups
+    local, grad_top_s, grad_top_t = local_term(u_top, v_top, config, need_student_grad,
+                                               need_teacher_grad)
 
     # Remaining classes: the row with the selected ones set to -inf (u and v are our copies).
     rows_to_normalize = [u.scatter_(1, top, -math.inf), v.scatter_(1, top, -math.inf)]
@@ -178,17 +198,12 @@ def ldrld_rows(
 
     student_grad = teacher_grad = None
     if need_student_grad:
-        pair = weights * (torch.sigmoid(b) - p_pair)
-        grad_top = pair.sum(dim=2) - pair.sum(dim=1) + log_q_top.exp() - p_top
         grad = rest_scale * (log_q_rest.exp() - p_rest)
         if counted is not None:
             grad += ce_scale * log_softmax_s.exp_()  # softmax(s); the log is used up
             grad.scatter_add_(1, safe_target, -ce_scale * torch.ones_like(ce[:, None]))
-        student_grad = finish(grad, grad_top, student)
+        student_grad = finish(grad, grad_top_s, student)
     if need_teacher_grad:
-        pair = weights * p_pair * (log_ratio_i - kl_pair)
-        grad_top = (pair.sum(dim=2) - pair.sum(dim=1)
-                    + p_top * (log_p_top - log_q_top - kl_top[:, None]))
         grad = rest_scale * p_rest * (log_ratio_rest - kl_rest[:, None])
-        teacher_grad = finish(grad, grad_top, teacher)
+        teacher_grad = finish(grad, grad_top_t, teacher)
     return row_loss, parts, student_grad, teacher_grad

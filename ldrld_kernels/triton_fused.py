@@ -52,6 +52,9 @@ per wave (SPLIT_PHASE):
    the gradients need (per-row factors, the top-k and target gradients).
 2. each split streams step 3 over its chunks from the row record, then writes the selected
    classes and the target that lie in it.
+Phase 3 is phase 1 without the merge, for a caller that merges the records itself and writes
+the row record (``triton_parallel``: a rank's slice of the classes, whose top-k depends on
+the other ranks).
 HBM traffic (``policy.hbm_bytes_per_element``): each input read once and each gradient
 written once, when the wave's second and third reads hit in L2 (it holds half the L2 by
 construction); per-row work is done once per split (the selection rounds) or once per row
@@ -626,7 +629,7 @@ def _ldrld_fused_kernel(
     stride_s_row, stride_s_col, stride_t_row, stride_t_col, stride_gs_row, stride_gt_row,
     # sizes
     n_rows, C, k,
-    # wide rows (SPLIT_PHASE 1 and 2): the wave's first row, splits per row, chunks per split,
+    # wide rows (SPLIT_PHASE 1 to 3): the wave's first row, splits per row, chunks per split,
     # and the wave's workspace (the records described above STATS)
     row0, splits, split_chunks, work_ptr,
     # runtime scalars
@@ -815,7 +818,8 @@ def _ldrld_fused_kernel(
                 c2, m_u, z_u, m_v, z_v, w, m_s, z_s, win_g, HAS_TARGET, RANK_BY_TEACHER,
                 STUDENT_GRAD, TEACHER_GRAD, SCALE_GRAD, ROWS, VEC, K_PAD, VECTOR, T_POW)
         else:
-            # The split's record; the last of the row's programs to finish merges them all.
+            # The split's record; in phase 1 the last of the row's programs to finish merges
+            # them all (phase 3 leaves that to the caller: ``triton_parallel``).
             record = records + split * SPLIT_RECORD
             tl.store(record + 0, m_u)
             tl.store(record + 1, z_u)
@@ -825,6 +829,7 @@ def _ldrld_fused_kernel(
             tl.store(record + 5, m_s)
             tl.store(record + 6, z_s)
             tl.store((record + STATS)[:, None] + ranks, win_g.to(tl.float32, bitcast=True))
+        if SPLIT_PHASE == 1:
             # every thread's stores are issued, then one release-acquire ticket per program
             tl.debug_barrier()
             ticket_ptr = (row_record + TICKET).to(tl.pointer_type(tl.int32))
@@ -857,7 +862,7 @@ def _ldrld_fused_kernel(
         g_top_t = tl.load(cells + 2 * K_PAD)
 
     # ---- 3. Gradients: every class in one vectorized sweep, then the k selected ------------
-    if SPLIT_PHASE != 1 and (STUDENT_GRAD or TEACHER_GRAD):
+    if (SPLIT_PHASE == 0 or SPLIT_PHASE == 2) and (STUDENT_GRAD or TEACHER_GRAD):
         if SHIFTED:
             gs_row = tl.multiple_of(rows_in * stride_gs_row - shift, VEC)
             gt_row = tl.multiple_of(rows_in * stride_gt_row - shift, VEC)
@@ -956,31 +961,17 @@ def integer_temperature(temperature: float) -> int:
     return int(temperature) if temperature in (1.0, 2.0, 4.0) else 0
 
 
-def ldrld_rows(
-    student: torch.Tensor,
-    teacher: torch.Tensor,
-    target: torch.Tensor | None,
-    config: LossConfig,
-    need_student_grad: bool,
-    need_teacher_grad: bool,
-    grad_scale: torch.Tensor | None = None,
-    *,
-    launch: FusedLaunch | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """Same contract as ``torch_path.ldrld_rows``: row losses (float32), per-row parts and
-    the gradients of the row losses (times ``grad_scale``) in the inputs' dtypes. One launch
-    up to ``policy.MAX_FUSED`` classes; ``launch`` overrides the policy's configuration."""
+def kernel_arguments(student: torch.Tensor, teacher: torch.Tensor, target: torch.Tensor | None,
+                     config: LossConfig, row_loss: torch.Tensor, parts: torch.Tensor,
+                     grad_s: torch.Tensor | None, grad_t: torch.Tensor | None,
+                     grad_scale: torch.Tensor | None, launch: FusedLaunch) -> dict:
+    """The keyword arguments of ``_ldrld_fused_kernel`` for a call (all but the wide rows'
+    ``row0``, ``splits``, ``split_chunks``, ``work_ptr``, ``SPLIT_PHASE`` and ``S_PAD``)."""
     rows, num_classes = student.shape
-    row_loss, parts, grad_s, grad_t = allocate_outputs(student, teacher, need_student_grad,
-                                                       need_teacher_grad)
-    if rows == 0:
-        return row_loss, parts, grad_s, grad_t
-    launch = launch or launch_for(rows, num_classes, student.element_size(),
-                                  teacher.element_size(), hardware_of(student.device))
     grads = [grad for grad in (grad_s, grad_t) if grad is not None]
     row_align, shifted = _alignment([student, teacher, *grads], launch.vec)
     k_pad = triton.next_power_of_2(config.k)
-    arguments = dict(  # noqa: C408 (the kernel's argument names)
+    return dict(  # noqa: C408 (the kernel's argument names)
         loss_ptr=row_loss, parts_ptr=parts,
         grad_s_ptr=grad_s if grad_s is not None else row_loss,
         grad_t_ptr=grad_t if grad_t is not None else row_loss,
@@ -1007,6 +998,32 @@ def ldrld_rows(
         T_POW=integer_temperature(config.temperature),
         num_warps=launch.num_warps, maxnreg=launch.max_registers,
     )
+
+
+def ldrld_rows(
+    student: torch.Tensor,
+    teacher: torch.Tensor,
+    target: torch.Tensor | None,
+    config: LossConfig,
+    need_student_grad: bool,
+    need_teacher_grad: bool,
+    grad_scale: torch.Tensor | None = None,
+    *,
+    launch: FusedLaunch | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Same contract as ``torch_path.ldrld_rows``: row losses (float32), per-row parts and
+    the gradients of the row losses (times ``grad_scale``) in the inputs' dtypes. One launch
+    up to ``policy.MAX_FUSED`` classes; ``launch`` overrides the policy's configuration."""
+    rows, num_classes = student.shape
+    row_loss, parts, grad_s, grad_t = allocate_outputs(student, teacher, need_student_grad,
+                                                       need_teacher_grad)
+    if rows == 0:
+        return row_loss, parts, grad_s, grad_t
+    launch = launch or launch_for(rows, num_classes, student.element_size(),
+                                  teacher.element_size(), hardware_of(student.device))
+    arguments = kernel_arguments(student, teacher, target, config, row_loss, parts, grad_s,
+                                 grad_t, grad_scale, launch)
+    k_pad = arguments["K_PAD"]
     if not launch.split_chunks:
         _ldrld_fused_kernel[(triton.cdiv(rows, launch.rows),)](
             row0=0, splits=1, split_chunks=0, work_ptr=row_loss, SPLIT_PHASE=0, S_PAD=1,
@@ -1015,7 +1032,7 @@ def ldrld_rows(
 
     # Wide rows: each wave of rows, statistics then gradients; a wave's logits stay in L2
     # between the two launches.
-    chunks = _chunk_bounds(num_classes, launch.lanes, launch.vec, shifted)[2]
+    chunks = _chunk_bounds(num_classes, launch.lanes, launch.vec, arguments["SHIFTED"])[2]
     splits = triton.cdiv(chunks, launch.split_chunks)
     # (zeros: the tickets start at 0, and the program that merges a row resets its ticket)
     work = torch.zeros(launch.wave_rows, splits * (STATS + k_pad) + ROW_WORDS + 3 * k_pad,

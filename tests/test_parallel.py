@@ -1,10 +1,12 @@
 """Vocabulary-parallel LDRLD (``process_group=``) on CPU with gloo, in spawned processes: every
-rank's loss, parts and gradient slices against the single-process loss on the whole rows.
+rank's loss, parts and gradient slices against the single-process loss on the whole rows, on
+the PyTorch path and (under the Triton interpreter) on the Triton kernel.
 
 One spawn per world size runs every case (starting processes is the slow part); each rank
 writes what failed to a file that the test reads.
 """
 
+import functools
 import json
 import os
 import re
@@ -15,6 +17,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import ldrld_kernels as lk
+from ldrld_kernels import parallel
 from tests.helpers import run_python
 
 TOLERANCE = {torch.float64: 1e-12, torch.float32: 1e-6}
@@ -32,15 +35,21 @@ def _logits(rows: int, num_classes: int, dtype: torch.dtype, seed: int):
     return student.to(dtype), teacher.to(dtype)
 
 
-def _compare(name, rank, widths, student, teacher, target, failures, **options):
-    """The sharded call on this rank's slice against the single-process call."""
+def _compare(name, rank, widths, student, teacher, target, failures, backend="torch",
+             **options):
+    """The sharded call on this rank's slice against the single-process call, both on
+    ``backend`` (the Triton kernel takes the float64 logits of a case in float32)."""
     here = _slices(widths, rank)
+    if backend == "triton":
+        student, teacher = (x.float() if x.dtype == torch.float64 else x
+                            for x in (student, teacher))
+        name = f"triton {name}"
     teacher_grad = options.pop("teacher_grad", False)
     results = []
     for sharded in (True, False):
         s = (student[:, here] if sharded else student).clone().requires_grad_()
         t = (teacher[:, here] if sharded else teacher).clone().requires_grad_(teacher_grad)
-        out = lk.ldrld_loss(s, t, target, return_parts=True, backend="torch",
+        out = lk.ldrld_loss(s, t, target, return_parts=True, backend=backend,
                             process_group=dist.group.WORLD if sharded else None, **options)
         out.loss.backward(torch.ones_like(out.loss))
         grads = [s.grad if sharded else s.grad[:, here]]
@@ -59,15 +68,16 @@ def _compare(name, rank, widths, student, teacher, target, failures, **options):
             failures.append(f"{name}: {what} differs by {float((got - want).abs().max()):.3g}")
 
 
-def _cases(rank: int, world: int, failures: list[str]) -> None:
+def _cases(rank: int, world: int, failures: list[str], backend: str) -> None:
+    compare = functools.partial(_compare, backend=backend)
     even = [40 // world + (i < 40 % world) for i in range(world)]
     uneven = [5, 35] if world == 2 else [3, 30, 7]  # the first narrower than k = 7
     empty = [0, 40] if world == 2 else [3, 0, 37]  # a rank with no class at all
-    for dtype in (torch.float64, torch.float32):
+    for dtype in (torch.float64, torch.float32) if backend == "torch" else (torch.float32,):
         student, teacher = _logits(4, 40, dtype, seed=1)
         target = torch.tensor([3, 39, 0, 17])
         for widths in (even, uneven, empty):
-            _compare(f"random {dtype} {widths}", rank, widths, student, teacher, target,
+            compare(f"random {dtype} {widths}", rank, widths, student, teacher, target,
                      failures)
     student, teacher = _logits(4, 40, torch.float64, seed=2)
     # ties straddling the shard boundaries, and every logit equal in one row
@@ -75,24 +85,34 @@ def _cases(rank: int, world: int, failures: list[str]) -> None:
         student[:, boundary - 2:boundary + 2] = 9.0
     student[3] = 1.0
     for widths in (even, uneven):
-        _compare(f"ties {widths}", rank, widths, student, teacher, None, failures, k=3)
-        _compare(f"ties k=16 {widths}", rank, widths, student, teacher, None, failures, k=16)
+        compare(f"ties {widths}", rank, widths, student, teacher, None, failures, k=3)
+        compare(f"ties k=16 {widths}", rank, widths, student, teacher, None, failures, k=16)
     # one shard holds all of the top-k, the others none
     student, teacher = _logits(3, 40, torch.float64, seed=3)
     student[:, uneven[0] + 5:uneven[0] + 12] += 20.0
-    _compare("top-k in one shard", rank, uneven, student, teacher, torch.tensor([1, 2, 3]),
+    compare("top-k in one shard", rank, uneven, student, teacher, torch.tensor([1, 2, 3]),
              failures)
     # ignored rows and every reduction; the teacher's ranking and gradient; bfloat16
     student, teacher = _logits(5, 40, torch.float64, seed=4)
     target = torch.tensor([-100, 4, -100, 30, 12])
     for reduction in ("mean", "sum", "none"):
-        _compare(f"reduction {reduction}", rank, uneven, student, teacher, target, failures,
+        compare(f"reduction {reduction}", rank, uneven, student, teacher, target, failures,
                  reduction=reduction)
-    _compare("rank_by teacher", rank, even, student, teacher, target, failures,
+    compare("rank_by teacher", rank, even, student, teacher, target, failures,
              rank_by="teacher", temperature=2.0, teacher_grad=True)
     student, teacher = _logits(3, 40, torch.bfloat16, seed=5)
-    _compare("bfloat16", rank, uneven, student, teacher, torch.tensor([0, 9, 39]), failures,
+    compare("bfloat16", rank, uneven, student, teacher, torch.tensor([0, 9, 39]), failures,
              teacher_grad=True)
+    if backend == "triton":
+        # T = 3 (the cross-entropy's exponentials of its own), and slices of several splits
+        student, teacher = _logits(3, 40, torch.float32, seed=7)
+        compare("T=3", rank, uneven, student, teacher, torch.tensor([0, 5, 20]), failures,
+                temperature=3.0, teacher_grad=True)
+        student, teacher = _logits(3, 3001, torch.float32, seed=8)
+        widths = [1500, 1501] if world == 2 else [1000, 1201, 800]
+        compare("wide", rank, widths, student, teacher, torch.tensor([0, 1499, 3000]),
+                failures, teacher_grad=True)
+        return
     # ranks that disagree fail on every rank, with no hang
     for name, k, rows, temperature in (("k", 7 + rank, 4, 4.0), ("row count", 7, 4 + rank, 4.0),
                                        ("temperature", 7, 4, 4.0 + rank)):
@@ -105,6 +125,29 @@ def _cases(rank: int, world: int, failures: list[str]) -> None:
         except ValueError as error:
             if f"disagree on the {name}" not in str(error):
                 failures.append(f"disagreeing {name}: {error}")
+
+
+def _device_check_cases(rank: int, world: int, failures: list[str], backend: str) -> None:
+    """An NCCL-only group's agreement check (``parallel.checks_on_host`` False, forced here on
+    gloo): the offsets stay device tensors and a disagreement is an asynchronous assertion
+    (on CPU tensors it fails at once)."""
+    uneven = [5, 35] if world == 2 else [3, 30, 7]
+    original = parallel.checks_on_host
+    parallel.checks_on_host = lambda group, device: False
+    try:
+        student, teacher = _logits(4, 40, torch.float32, seed=9)
+        _compare("device-side check", rank, uneven, student, teacher,
+                 torch.tensor([3, 39, -100, 17]), failures, backend=backend, teacher_grad=True)
+        here = _slices(uneven, rank)
+        try:
+            lk.ldrld_loss(student[:, here], teacher[:, here], k=7 + rank, backend=backend,
+                          process_group=dist.group.WORLD)
+            failures.append(f"{backend} device-side check: no error")
+        except RuntimeError as error:
+            if "disagree" not in str(error):
+                failures.append(f"{backend} device-side check: {error}")
+    finally:
+        parallel.checks_on_host = original
 
 
 def _ddp_step(rank: int, failures: list[str]) -> None:
@@ -137,7 +180,10 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
                             world_size=world)
     failures: list[str] = []
     try:
-        _cases(rank, world, failures)
+        backends = ["torch"] + (["triton"] if os.environ.get("TRITON_INTERPRET") == "1" else [])
+        for backend in backends:
+            _cases(rank, world, failures, backend)
+            _device_check_cases(rank, world, failures, backend)
         if world == 2:
             _ddp_step(rank, failures)
     finally:
@@ -166,3 +212,36 @@ def test_torchrun_example():
     assert sorted(rank for rank, _, _ in found) == ["0", "1"], result.stdout
     for _, sharded, whole in found:
         assert float(sharded) == pytest.approx(float(whole), rel=1e-6)
+
+
+def _no_sync_worker(rank: int, init_file: str, out_dir: str) -> None:
+    dist.init_process_group("nccl", init_method=f"file://{init_file}", rank=0, world_size=1)
+    failures: list[str] = []
+    try:
+        student, teacher = (x.cuda() for x in _logits(64, 4000, torch.bfloat16, seed=10))
+        student.requires_grad_()
+        target = torch.randint(0, 4000, (64,), device="cuda")
+        lk.ldrld_loss(student, teacher, target, backend="triton",
+                      process_group=dist.group.WORLD)  # compiles the kernels first
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            loss = lk.ldrld_loss(student, teacher, target, backend="triton",
+                                 process_group=dist.group.WORLD)
+            loss.backward()
+        except RuntimeError as error:
+            failures.append(f"host synchronisation: {error}")
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    finally:
+        with open(os.path.join(out_dir, "rank0.json"), "w") as handle:
+            json.dump(failures, handle)
+        dist.destroy_process_group()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or not dist.is_nccl_available(),
+                    reason="needs a GPU and NCCL")
+def test_nccl_call_needs_no_host_sync(tmp_path):
+    """On an NCCL-only group (one process), a call and its backward synchronise nothing."""
+    mp.spawn(_no_sync_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=1, join=True)
+    assert json.loads((tmp_path / "rank0.json").read_text()) == []

@@ -134,7 +134,7 @@ def _call(instructions: float, spills: int = 0, warps: int = 32, kernels: int = 
 
 
 def test_check_names_each_broken_budget(monkeypatch):
-    monkeypatch.setitem(profile.BUDGETS, (4096, 4096, "bfloat16"),
+    monkeypatch.setitem(profile.BUDGETS, (4096, 4096, "bfloat16", 1),
                         profile.Budget(instructions_per_element=48))
     assert profile.check_budgets([_call(47.9)]) == []
     assert profile.check_budgets([_call(48.1)]) == [
@@ -145,7 +145,7 @@ def test_check_names_each_broken_budget(monkeypatch):
     assert "8 warps per SM resident < 16" in line
     (line,) = profile.check_budgets([_call(40, kernels=3)])
     assert "3 kernels > 1" in line
-    monkeypatch.setitem(profile.BUDGETS, (4096, 4096, "bfloat16"),
+    monkeypatch.setitem(profile.BUDGETS, (4096, 4096, "bfloat16", 1),
                         profile.Budget(instructions_per_element=48, mufu_per_element=1.5))
     (line,) = profile.check_budgets([_call(40)])
     assert "2.00 MUFU operations per element > 1.5" in line
