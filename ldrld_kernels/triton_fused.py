@@ -778,7 +778,9 @@ def _ldrld_fused_kernel(
         w = tl.zeros([ROWS, LANES], tl.float32)
         z_s = tl.zeros([ROWS, LANES], tl.float32)
         th_v = theta_v[:, None]
-        th_g = theta_g[:, None]
+        # fewer than k groups with a finite key leave the threshold at (-inf, NO_GROUP): the
+        # groups of key -inf are then not winners (none is in win_g), so none may rank at it
+        th_g = tl.where(theta_g == NO_GROUP, -1, theta_g)[:, None]
         if SHIFTED:  # noqa: SIM102 (compile-time, then run-time)
             if lo == 0:
                 off_u, off_v, off_s, z_u, z_v, w, z_s = _stats_step(

@@ -181,8 +181,10 @@ def ldrld_rows(
     # one remaining class: the point mass on both sides, KL exactly 0 (C is a device tensor
     # on an NCCL-only group, ``parallel.shard_of``)
     one_left = shard.num_classes - k == 1
-    if isinstance(one_left, torch.Tensor) or one_left:
+    if isinstance(one_left, torch.Tensor):
         kl_rest = torch.where(one_left, 0.0, kl_rest)
+    elif one_left:
+        kl_rest = torch.zeros_like(kl_rest)
     ce = LN2_ * (m_s + torch.log2(z_s)) - s_target if target is not None else \
         torch.zeros_like(kl_rest)
     local, grad_top_s, grad_top_t = local_term(s_top / T, t_top / T, config, need_student_grad,

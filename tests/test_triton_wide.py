@@ -95,6 +95,16 @@ def test_row_ending_a_chunk_before_the_last_split():
     assert launch.split_chunks * launch.lanes * launch.vec == 64
 
 
+def test_splits_without_k_finite_keys():
+    # teacher padding (-inf) over the second half, ranked by the teacher: the last splits
+    # have no finite key, and their classes still count in the student's sums and the
+    # cross-entropy (their groups were once all taken for winners and dropped)
+    student, teacher = random_logits(2, 1000, seed=13)
+    teacher[:, 500:] = -math.inf
+    _split_matches(student, teacher, random_target(2, num_classes=500), 8, 2, k=3,
+                   rank_by="teacher")
+
+
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 def test_public_calls_reductions_and_k(reduction):
     student, teacher = random_logits(3, 517, seed=4)
