@@ -26,14 +26,17 @@ if command -v nvidia-smi >/dev/null 2>&1; then
 fi
 name="$(printf '%s' "${card:-no-gpu}" | tr -cs 'A-Za-z0-9._-' '-' | sed 's/-*$//')-$(date -u +%Y-%m-%d)"
 
-# step limits: 20 + 30 + 180 + 150 + 100 s, plus at most 5 s each to kill a step: 8.4 minutes
+# step limits: 20 + 30 + 180 + 120 + 30 + 100 s, plus at most 5 s each to kill a step: 8.5
+# minutes
 TEST_LIMIT=180
-BENCH_LIMIT=150
+BENCH_LIMIT=120
+FUSED_LINEAR_LIMIT=30
 CALIBRATE_LIMIT=100
 steps=(
   "environment: nvidia-smi, then the Python, PyTorch, CUDA and Triton versions and the card"
   "tests: python3 -m pytest tests, compiled on the GPU (pytest-xdist when present), at most ${TEST_LIMIT} s"
   "bench: python3 -m ldrld_kernels bench --out $out_dir --name $name, at most ${BENCH_LIMIT} s"
+  "fused linear: python3 -m ldrld_kernels bench --fused-linear (8192 x 4096 x 128256, bfloat16), at most ${FUSED_LINEAR_LIMIT} s"
   "calibrate: ncu --clock-control none on benchmarks/calibrate.py run, then its report next to ldrld profile, at most ${CALIBRATE_LIMIT} s (skipped without ncu)"
 )
 if (( dry_run )); then
@@ -67,6 +70,7 @@ python3 -c "import xdist" 2>/dev/null && parallel=(-n 8)
 step "$TEST_LIMIT" python3 -m pytest tests -q -rs "${parallel[@]}"
 step "$BENCH_LIMIT" python3 -m ldrld_kernels bench --out "$out_dir" --name "$name" \
   --time-limit $((BENCH_LIMIT - 40))
+step "$FUSED_LINEAR_LIMIT" python3 -m ldrld_kernels bench --fused-linear
 if command -v ncu >/dev/null 2>&1; then
   metrics=$(python3 benchmarks/calibrate.py metrics)
   step "$CALIBRATE_LIMIT" bash -c "ncu --clock-control none --csv --metrics $metrics \

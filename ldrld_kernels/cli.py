@@ -108,15 +108,42 @@ def run_check(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+def _parse_linear_shape(text: str) -> tuple[int, int, int]:
+    """``ROWSxHxC``: rows, hidden size, classes, each at least 1 (C above k = 7)."""
+    try:
+        rows, hidden, classes = (int(part) for part in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"shape must be ROWSxHxC, e.g. 4096x512x32000, got {text!r}") from None
+    if rows < 1 or hidden < 1 or classes <= 7:
+        raise argparse.ArgumentTypeError(f"shape {text!r}: needs ROWS, H >= 1 and C > 7")
+    return rows, hidden, classes
+
+
+def run_fused_linear(args: argparse.Namespace) -> int:
+    device = args.device
+    shape = args.fused_linear or bench.FUSED_LINEAR_SHAPES[
+        "cuda" if device.type == "cuda" else "cpu"]
+    # (bfloat16 as a model runs on a GPU; float32 on CPU, where bfloat16 matmuls are slow)
+    dtypes = args.dtypes_given or ["bfloat16" if device.type == "cuda" else "float32"]
+    for dtype in dtypes:
+        print(bench.format_fused_linear(bench.run_fused_linear(
+            *shape, bench.DTYPES[dtype], device, budget_s=0.0)))
+    return 0
+
+
 def run_bench(args: argparse.Namespace) -> int:
     device = args.device
+    if args.fused_linear is not False:
+        return run_fused_linear(args)
     known = {shape.name: shape for shape in bench.SHAPES + bench.QUICK_SHAPES}
     if args.shapes:
         shapes = [known[name] for name in args.shapes]
     else:
         shapes = list(bench.QUICK_SHAPES if args.quick else bench.SHAPES)
     backends = args.backends or bench.available_backends(device, args.interpret)
-    report = bench.run_bench(shapes, args.dtypes, backends, device, args.quick,
+    report = bench.run_bench(shapes, args.dtypes_given or list(bench.DTYPES), backends,
+                             device, args.quick,
                              log=lambda line: print(line, file=sys.stderr, flush=True),
                              time_limit=args.time_limit)
     print(bench.format_table(report))
@@ -155,7 +182,14 @@ def build_parser() -> argparse.ArgumentParser:
     bench_parser.add_argument("--shapes", nargs="+", metavar="NAME", choices=shape_names,
                               help=f"shapes by name: {', '.join(shape_names)}")
     bench_parser.add_argument("--dtypes", nargs="+", choices=tuple(bench.DTYPES),
-                              default=list(bench.DTYPES))
+                              dest="dtypes_given",
+                              help=f"default: {' '.join(bench.DTYPES)} (with --fused-linear: "
+                                   "bfloat16 on a GPU, float32 on CPU)")
+    bench_parser.add_argument(
+        "--fused-linear", nargs="?", const=None, default=False, type=_parse_linear_shape,
+        metavar="ROWSxHxC",
+        help="time and peak memory of ldrld_fused_linear_loss against materializing the "
+             "logits, at ROWSxHxC (default: 4096x512x32000 on CPU, 8192x4096x128256 on a GPU)")
     bench_parser.add_argument("--backends", nargs="+", choices=bench.BACKENDS,
                               help="default: all that run here (on CPU: torch and reference)")
     bench_parser.add_argument("--interpret", action="store_true",

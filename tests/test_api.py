@@ -10,7 +10,8 @@ from tests.helpers import random_logits, random_target
 
 def test_public_surface():
     assert sorted(lk.__all__) == sorted(
-        ["ldrld_loss", "LDRLDLoss", "adw_weights", "LDRLDOutput", "__version__"])
+        ["ldrld_loss", "LDRLDLoss", "adw_weights", "LDRLDOutput", "__version__",
+         "ldrld_fused_linear_loss", "LDRLDFusedLinearLoss"])
     assert isinstance(lk.__version__, str)
 
 

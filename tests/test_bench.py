@@ -82,9 +82,10 @@ def test_gpu_check_script_parses_and_lists_its_steps():
                             text=True, check=False, timeout=60)
     assert result.returncode == 0, result.stderr
     steps = [line for line in result.stdout.splitlines()
-             if line.strip()[:2] in {"1.", "2.", "3.", "4."}]
-    assert len(steps) == 4
-    assert "pytest" in steps[1] and "bench" in steps[2] and "ncu" in steps[3]
+             if line.strip()[:2] in {"1.", "2.", "3.", "4.", "5."}]
+    assert len(steps) == 5
+    assert "pytest" in steps[1] and "bench" in steps[2] and "--fused-linear" in steps[3]
+    assert "ncu" in steps[4]
     assert "{log,json,csv,md,png,ncu.csv}" in result.stdout
 
 

@@ -96,3 +96,17 @@ def test_module_entry_point():
     result = _run_cli("check", "--backend", "torch", "--shape", "2x20x3", "--dtype", "float64")
     assert result.returncode == 0, result.stderr
     assert "PASS" in result.stdout
+
+
+def test_bench_fused_linear_prints_both_variants(capsys):
+    assert cli.main(["bench", "--fused-linear", "300x16x2000", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^materialized +300 +16 +2000 +float32", out, re.MULTILINE)
+    assert re.search(r"^fused-linear +300 +16 +2000 +float32", out, re.MULTILINE)
+
+
+@pytest.mark.parametrize("shape", ["300x16", "0x16x2000", "4x16x7", "axbxc"])
+def test_bench_fused_linear_rejects_bad_shapes(shape, capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["bench", "--fused-linear", shape])
+    assert "ROWSxHxC" in capsys.readouterr().err or "needs ROWS" in capsys.readouterr().err

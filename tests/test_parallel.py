@@ -8,6 +8,7 @@ writes what failed to a file that the test reads.
 
 import functools
 import json
+import math
 import os
 import re
 
@@ -92,6 +93,13 @@ def _cases(rank: int, world: int, failures: list[str], backend: str) -> None:
     student[:, uneven[0] + 5:uneven[0] + 12] += 20.0
     compare("top-k in one shard", rank, uneven, student, teacher, torch.tensor([1, 2, 3]),
              failures)
+    # a rank whose teacher logits are all padding, ranked by the teacher; k = C - 1
+    student, teacher = _logits(3, 40, torch.float64, seed=12)
+    compare("k = C - 1", rank, uneven, student, teacher, torch.tensor([1, 2, 39]), failures,
+            k=39)
+    teacher[:, sum(uneven[:-1]):] = -math.inf
+    compare("teacher padding on a rank", rank, uneven, student, teacher,
+            torch.tensor([1, 2, 3]), failures, k=3, rank_by="teacher")
     # ignored rows and every reduction; the teacher's ranking and gradient; bfloat16
     student, teacher = _logits(5, 40, torch.float64, seed=4)
     target = torch.tensor([-100, 4, -100, 30, 12])
@@ -125,6 +133,41 @@ def _cases(rank: int, world: int, failures: list[str], backend: str) -> None:
         except ValueError as error:
             if f"disagree on the {name}" not in str(error):
                 failures.append(f"disagreeing {name}: {error}")
+
+
+def _fused_linear_case(rank: int, world: int, failures: list[str], backend: str) -> None:
+    """``ldrld_fused_linear_loss`` with each rank's rows of the output layers: the loss, the
+    hidden states' gradient (summed over the ranks) and each rank's rows of the weights' and
+    biases' gradients, against one process with the whole layers."""
+    dtype = torch.float64 if backend == "torch" else torch.float32
+    generator = torch.Generator().manual_seed(11)
+    h_s, h_t = (torch.randn(2, 5, size, generator=generator, dtype=dtype) for size in (8, 12))
+    w_s, w_t = (torch.randn(40, size, generator=generator, dtype=dtype) for size in (8, 12))
+    b_s = torch.randn(40, generator=generator, dtype=dtype)
+    target = torch.randint(0, 40, (2, 5), generator=generator)
+    target[0, ::3] = -100
+    here = _slices([5, 35] if world == 2 else [3, 30, 7], rank)
+    results = []
+    for sharded in (True, False):
+        leaves = [h_s.clone().requires_grad_(),
+                  (w_s[here] if sharded else w_s).clone().requires_grad_(),
+                  (b_s[here] if sharded else b_s).clone().requires_grad_(),
+                  (w_t[here] if sharded else w_t).clone().requires_grad_()]
+        out = lk.ldrld_fused_linear_loss(
+            leaves[0], leaves[1], h_t, leaves[3], target, student_bias=leaves[2], chunk_rows=4,
+            backend=backend, return_parts=True,
+            process_group=dist.group.WORLD if sharded else None)
+        out.loss.backward()
+        grads = [leaf.grad if sharded or i == 0 else leaf.grad[here]
+                 for i, leaf in enumerate(leaves)]
+        results.append([out.loss, out.rntk, *grads])
+    tolerance = TOLERANCE[dtype]
+    for what, got, want in zip(("loss", "rntk", "hidden grad", "weight grad", "bias grad",
+                                "teacher weight grad"), *results):
+        scale = max(1.0, float(want.abs().max()) if want.numel() else 0.0)
+        if not torch.allclose(got, want, rtol=tolerance, atol=tolerance * scale):
+            failures.append(f"{backend} fused linear: {what} differs by "
+                            f"{float((got - want).abs().max()):.3g}")
 
 
 def _device_check_cases(rank: int, world: int, failures: list[str], backend: str) -> None:
@@ -184,6 +227,7 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
         for backend in backends:
             _cases(rank, world, failures, backend)
             _device_check_cases(rank, world, failures, backend)
+            _fused_linear_case(rank, world, failures, backend)
         if world == 2:
             _ddp_step(rank, failures)
     finally:

@@ -1,0 +1,367 @@
+"""Fused-linear LDRLD: the loss of two output layers' logits without materializing them.
+
+Language-model distillation has rows = tokens and C = the vocabulary: the student's and the
+teacher's logits of a batch are gigabytes each. ``ldrld_fused_linear_loss`` takes the hidden
+states and the output layers instead and computes, one chunk of rows at a time,
+    logits = h W^T + b            (the student's and the teacher's)
+    the row losses and d loss / d logits   (the row kernels: Triton on CUDA, else PyTorch)
+    d/dh = (d/dlogits) W,   d/dW += (d/dlogits)^T h,   d/db += sum over rows of d/dlogits,
+then frees the chunk's logits. The row kernels compute the gradients of the logits in the
+forward pass already, so the gradients of every input are known when the forward pass ends;
+the backward pass multiplies them by the upstream gradient (for ``reduction="none"`` that
+gradient is a vector only known then: the backward pass runs the chunks again with it).
+
+Memory: O(chunk_rows x C) for a chunk's logits and their gradients, plus the gradients of
+the inputs (d/dW accumulated in float32), independent of the row count. The mean's row count
+is the whole batch's (rows whose target is ``ignore_index`` do not count, in whichever chunk
+they are).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import math
+from typing import Literal
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from ldrld_kernels import parallel
+from ldrld_kernels.api import (
+    _BACKENDS,
+    _SHARDED_BACKENDS,
+    LDRLDOutput,
+    _mean_scale,
+    _reduce,
+    resolve_backend,
+)
+from ldrld_kernels.config import LossConfig
+from ldrld_kernels.validation import check_target_values, validate
+
+# ``chunk_rows="auto"``: one chunk's logits and their gradients take at most this many bytes
+CHUNK_BYTES = {"cuda": 1 << 30, "cpu": 256 << 20}
+CHUNK_TILE = 128  # rows: auto chunks are a multiple of it (a matmul tile) when they can be
+HIDDEN_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+def auto_chunk_rows(rows: int, num_classes: int, itemsize: int, teacher_grad: bool,
+                    device: torch.device) -> int:
+    """Rows per chunk: the most whose student and teacher logits and their gradients fit in
+    ``CHUNK_BYTES`` of the device type, a multiple of ``CHUNK_TILE`` when at least one."""
+    per_row = max(1, num_classes) * itemsize * (4 if teacher_grad else 3)
+    budget = CHUNK_BYTES.get(device.type, CHUNK_BYTES["cuda"])
+    chunk = max(1, budget // per_row)
+    if chunk >= CHUNK_TILE:
+        chunk -= chunk % CHUNK_TILE
+    return max(1, min(chunk, rows))
+
+
+class _Linear:
+    """One model's output layer and its inputs, 2-D, with the gradients to accumulate."""
+
+    def __init__(self, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                 needs: tuple[bool, bool, bool]):
+        self.hidden, self.weight, self.bias = hidden, weight, bias
+        self.needs_grad = any(needs)
+        accumulate = torch.float64 if weight.dtype == torch.float64 else torch.float32
+        self.grad_hidden = torch.empty(hidden.shape, dtype=hidden.dtype, device=hidden.device) \
+            if needs[0] else None  # (every chunk writes its rows)
+        self.grad_weight = torch.zeros(weight.shape, dtype=accumulate, device=weight.device) \
+            if needs[1] else None
+        self.grad_bias = torch.zeros(bias.shape, dtype=accumulate, device=bias.device) \
+            if needs[2] else None
+
+    def logits(self, rows: slice) -> torch.Tensor:
+        return F.linear(self.hidden[rows], self.weight, self.bias)
+
+    def accumulate(self, rows: slice, grad_logits: torch.Tensor) -> None:
+        """The chunk's share of each gradient, from d loss / d logits of its rows."""
+        if self.grad_hidden is not None:
+            torch.mm(grad_logits, self.weight, out=self.grad_hidden[rows])
+        if self.grad_weight is not None:
+            self.grad_weight += grad_logits.t().mm(self.hidden[rows])
+        if self.grad_bias is not None:
+            self.grad_bias += grad_logits.sum(dim=0, dtype=self.grad_bias.dtype)
+
+    def grads(self) -> tuple[torch.Tensor | None, ...]:
+        """(hidden, weight, bias) gradients in their inputs' dtypes."""
+        return (self.grad_hidden,
+                None if self.grad_weight is None else self.grad_weight.to(self.weight.dtype),
+                None if self.grad_bias is None else self.grad_bias.to(self.bias.dtype))
+
+
+def _run_chunks(student: _Linear, teacher: _Linear, target: torch.Tensor | None,
+                config: LossConfig, rows_fn, chunk_rows: int, grads: bool,
+                grad_scale: torch.Tensor | None, row_weights: torch.Tensor | None = None):
+    """Every chunk: logits, row losses, and (with ``grads``) the gradients accumulated, each
+    row's multiplied by ``grad_scale`` (0-d) or ``row_weights`` (per row). Returns the row
+    losses and parts."""
+    rows = student.hidden.shape[0]
+    losses, parts = [], []
+    for start in range(0, rows, chunk_rows):
+        chunk = slice(start, min(start + chunk_rows, rows))
+        row_loss, row_parts, grad_s, grad_t = rows_fn(
+            student.logits(chunk), teacher.logits(chunk),
+            None if target is None else target[chunk], config,
+            grads and student.needs_grad, grads and teacher.needs_grad, grad_scale)
+        losses.append(row_loss)
+        parts.append(row_parts)
+        for model, grad in ((student, grad_s), (teacher, grad_t)):
+            if grad is not None:
+                if row_weights is not None:
+                    grad = grad * row_weights[chunk, None].to(grad.dtype)
+                model.accumulate(chunk, grad)
+        del grad_s, grad_t  # (the chunk's logits went with the call)
+    return torch.cat(losses), torch.cat(parts)
+
+
+class _FusedLinearFunction(torch.autograd.Function):
+    """The reduced loss of 2-D hidden states; gradients computed in the forward pass and
+    scaled in backward (recomputed there for ``reduction="none"``)."""
+
+    @staticmethod
+    def forward(ctx, h_s, w_s, b_s, h_t, w_t, b_t, target, config, backend, reduction,
+                mean_scale, chunk_rows, shard, reduce_hidden_grad):
+        rows_fn = _BACKENDS[backend] if shard is None else \
+            functools.partial(_SHARDED_BACKENDS[backend], shard=shard)
+        needs = ctx.needs_input_grad
+        student = _Linear(h_s, w_s, b_s, needs[0:3])
+        teacher = _Linear(h_t, w_t, b_t, needs[3:6])
+        per_row = reduction == "none"
+        row_loss, parts = _run_chunks(student, teacher, target, config, rows_fn, chunk_rows,
+                                      not per_row, mean_scale)
+        loss, parts = _reduce(row_loss, parts, reduction, mean_scale)
+        ctx.mark_non_differentiable(parts)
+        ctx.per_row, ctx.backward_done = per_row, False
+        if per_row:
+            ctx.save_for_backward(h_s, w_s, b_s, h_t, w_t, b_t, target)
+            ctx.rerun = (config, rows_fn, chunk_rows, shard, reduce_hidden_grad)
+            return loss, parts
+        _reduce_hidden_grads((student, teacher), shard, reduce_hidden_grad)
+        ctx.save_for_backward(*student.grads(), *teacher.grads())
+        return loss, parts
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_loss, _grad_parts):
+        if ctx.backward_done:
+            raise RuntimeError(
+                "ldrld_fused_linear_loss: backward ran twice through the same graph "
+                "(retain_graph=True); compute the loss again instead")
+        ctx.backward_done = True
+        if not ctx.per_row:
+            grads = [None if grad is None else grad.mul_(grad_loss.to(grad.dtype))
+                     for grad in ctx.saved_tensors]
+        else:
+            h_s, w_s, b_s, h_t, w_t, b_t, target = ctx.saved_tensors
+            config, rows_fn, chunk_rows, shard, reduce_hidden_grad = ctx.rerun
+            needs = ctx.needs_input_grad
+            student = _Linear(h_s, w_s, b_s, needs[0:3])
+            teacher = _Linear(h_t, w_t, b_t, needs[3:6])
+            _run_chunks(student, teacher, target, config, rows_fn, chunk_rows, True, None,
+                        row_weights=grad_loss)
+            _reduce_hidden_grads((student, teacher), shard, reduce_hidden_grad)
+            grads = [*student.grads(), *teacher.grads()]
+        return (*grads, None, None, None, None, None, None, None, None)
+
+
+def _reduce_hidden_grads(models, shard: parallel.Shard | None, reduce: bool) -> None:
+    """Vocabulary parallel: each rank's d/dh covers its classes only; summed over the group
+    unless the caller reduces it elsewhere (Megatron's ``copy_to_tensor_model_parallel_region``
+    does it in its own backward)."""
+    if shard is None or not reduce:
+        return
+    for model in models:
+        if model.grad_hidden is not None:
+            shard.all_reduce(model.grad_hidden, dist.ReduceOp.SUM)
+
+
+def _check_linear(who: str, hidden: object, weight: object, bias: object) -> None:
+    for name, value, dims in ((f"{who}_hidden", hidden, None), (f"{who}_weight", weight, 2),
+                              (f"{who}_bias", bias, 1)):
+        if value is None and name.endswith("bias"):
+            continue
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"ldrld_fused_linear_loss: {name} must be a torch.Tensor, got "
+                            f"{type(value).__name__}")
+        if value.dtype not in HIDDEN_DTYPES:
+            raise TypeError(f"ldrld_fused_linear_loss: {name} must be float32, float16, "
+                            f"bfloat16 or float64, got dtype={value.dtype}")
+        if dims is not None and value.dim() != dims:
+            raise ValueError(f"ldrld_fused_linear_loss: {name} must be {dims}-D, got shape "
+                             f"{tuple(value.shape)}")
+        if value.dtype != hidden.dtype or value.device != hidden.device:
+            raise TypeError(f"ldrld_fused_linear_loss: {name} must have {who}_hidden's dtype "
+                            f"and device ({hidden.dtype}, {hidden.device}), got "
+                            f"({value.dtype}, {value.device})")
+    if hidden.dim() < 1 or hidden.shape[-1] != weight.shape[1]:
+        raise ValueError(f"ldrld_fused_linear_loss: {who}_hidden (..., H) must match "
+                         f"{who}_weight (C, H), got {tuple(hidden.shape)} and "
+                         f"{tuple(weight.shape)}")
+    if bias is not None and bias.shape != weight.shape[:1]:
+        raise ValueError(f"ldrld_fused_linear_loss: {who}_bias must have shape "
+                         f"({weight.shape[0]},), got {tuple(bias.shape)}")
+
+
+def _check_pair(student_hidden, student_weight, teacher_hidden, teacher_weight,
+                chunk_rows) -> None:
+    if student_weight.shape[0] != teacher_weight.shape[0]:
+        raise ValueError("ldrld_fused_linear_loss: student_weight and teacher_weight must have "
+                         f"the same number of classes C (rows), got {student_weight.shape[0]} "
+                         f"and {teacher_weight.shape[0]}")
+    if student_hidden.shape[:-1] != teacher_hidden.shape[:-1]:
+        raise ValueError("ldrld_fused_linear_loss: student_hidden and teacher_hidden must have "
+                         f"the same leading shape, got {tuple(student_hidden.shape[:-1])} and "
+                         f"{tuple(teacher_hidden.shape[:-1])}")
+    if student_hidden.device != teacher_hidden.device:
+        raise ValueError("ldrld_fused_linear_loss: the student's and the teacher's tensors "
+                         f"must be on one device, got {student_hidden.device} and "
+                         f"{teacher_hidden.device}")
+    if chunk_rows != "auto" and (isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int)
+                                 or chunk_rows < 1):
+        raise ValueError("ldrld_fused_linear_loss: chunk_rows must be 'auto' or an int >= 1, "
+                         f"got chunk_rows={chunk_rows!r}")
+
+
+def ldrld_fused_linear_loss(
+    student_hidden: torch.Tensor,
+    student_weight: torch.Tensor,
+    teacher_hidden: torch.Tensor,
+    teacher_weight: torch.Tensor,
+    target: torch.Tensor | None = None,
+    *,
+    student_bias: torch.Tensor | None = None,
+    teacher_bias: torch.Tensor | None = None,
+    chunk_rows: int | Literal["auto"] = "auto",
+    k: int = 7,
+    temperature: float = 4.0,
+    alpha: float = 1.0,
+    beta: float = 1.0,
+    ce_weight: float = 1.0,
+    adw_scale: float = 2.0,
+    adw_decay: float = 0.05,
+    adw_offset: float = 1.5,
+    rank_by: Literal["student", "teacher"] = "student",
+    ignore_index: int = -100,
+    reduction: Literal["mean", "sum", "none"] = "mean",
+    backend: Literal["auto", "triton", "torch"] = "auto",
+    return_parts: bool = False,
+    process_group: object | None = None,
+    reduce_hidden_grad: bool = True,
+) -> torch.Tensor | LDRLDOutput:
+    """``ldrld_loss`` of ``student_hidden @ student_weight.T + student_bias`` and the
+    teacher's, computed ``chunk_rows`` rows at a time so that the logits of the whole batch
+    never exist (``fused_linear``).
+
+    Args:
+        student_hidden: ``(..., H_s)`` hidden states; the student's output layer is
+            ``student_weight`` ``(C, H_s)`` (``nn.Linear.weight``) and ``student_bias``
+            ``(C,)`` or None, all of one dtype and device.
+        teacher_hidden, teacher_weight, teacher_bias: the teacher's, ``(..., H_t)``,
+            ``(C, H_t)``, ``(C,)``; they get gradients only when they require grad.
+        target: ``(...)`` int64 class ids, or None.
+        chunk_rows: rows per chunk, or ``"auto"``: the most whose two logits and their
+            gradients fit in 1 GiB on CUDA, 256 MiB on CPU (``CHUNK_BYTES``), a multiple of
+            128 rows; the PyTorch path's temporaries come on top of that.
+        process_group: vocabulary parallel, as in ``ldrld_loss``: each rank passes its rows
+            of both weights (and biases), classes [offset, offset + C_rank), and the same
+            hidden states and target. The gradient of each hidden state is summed over the
+            group (``reduce_hidden_grad=False`` leaves each rank its share, for a caller that
+            reduces it itself, e.g. through Megatron's ``copy_to_tensor_model_parallel_region``).
+        The other keywords are ``ldrld_loss``'s.
+
+    Returns:
+        What ``ldrld_loss`` returns for the logits (float32 loss; float64 for float64 inputs).
+
+    Example::
+
+        loss = ldrld_fused_linear_loss(student_out.hidden_states[-1], student.lm_head.weight,
+                                       teacher_out.hidden_states[-1], teacher.lm_head.weight,
+                                       labels, ignore_index=-100)
+    """
+    _check_linear("student", student_hidden, student_weight, student_bias)
+    _check_linear("teacher", teacher_hidden, teacher_weight, teacher_bias)
+    _check_pair(student_hidden, student_weight, teacher_hidden, teacher_weight, chunk_rows)
+    lead = student_hidden.shape[:-1]
+    rows, num_classes = math.prod(lead), student_weight.shape[0]
+    # the logits as validate sees them: their shape, dtype and device, no memory
+    logits_s, logits_t = (torch.empty((), dtype=hidden.dtype, device=hidden.device)
+                          .expand(*lead, num_classes)
+                          for hidden in (student_hidden, teacher_hidden))
+    validate(
+        logits_s, logits_t, target, k=k, temperature=temperature, alpha=alpha, beta=beta,
+        ce_weight=ce_weight, adw_scale=adw_scale, adw_decay=adw_decay, adw_offset=adw_offset,
+        rank_by=rank_by, ignore_index=ignore_index, reduction=reduction, backend=backend,
+        vocab_slice=process_group is not None,
+    )
+    shard = None
+    if process_group is not None:
+        shard = parallel.shard_of(logits_s, process_group, rows, k, temperature,
+                                  target is not None)
+    backend = resolve_backend(backend, logits_s, logits_t)
+    flat_target = None
+    if target is not None:
+        flat_target = target.reshape(-1)
+        check_target_values(flat_target, num_classes if shard is None else shard.num_classes,
+                            ignore_index)
+    config = LossConfig(
+        k=int(k), temperature=float(temperature), alpha=float(alpha), beta=float(beta),
+        ce_weight=float(ce_weight), adw_scale=float(adw_scale), adw_decay=float(adw_decay),
+        adw_offset=float(adw_offset), rank_by=rank_by, ignore_index=int(ignore_index),
+    )
+    f64 = torch.float64 in (student_hidden.dtype, teacher_hidden.dtype)
+    mean_scale = None
+    if reduction == "mean":
+        mean_scale = _mean_scale(flat_target, rows, ignore_index,
+                                 torch.float64 if f64 else torch.float32, student_hidden.device)
+    teacher_grad = torch.is_grad_enabled() and any(
+        x is not None and x.requires_grad for x in (teacher_hidden, teacher_weight, teacher_bias))
+    if chunk_rows == "auto":
+        chunk_rows = auto_chunk_rows(rows, num_classes, student_hidden.element_size(),
+                                     teacher_grad, student_hidden.device)
+    h_s = student_hidden.reshape(rows, student_hidden.shape[-1])
+    h_t = teacher_hidden.reshape(rows, teacher_hidden.shape[-1])
+    loss, parts = _FusedLinearFunction.apply(
+        h_s, student_weight, student_bias, h_t, teacher_weight, teacher_bias, flat_target,
+        config, backend, reduction, mean_scale, chunk_rows, shard, reduce_hidden_grad)
+    if reduction == "none":
+        loss, parts = loss.reshape(lead), parts.reshape(*lead, 3)
+    if not return_parts:
+        return loss
+    ce, local, rntk = parts.unbind(dim=-1)
+    return LDRLDOutput(loss, ce, local, rntk)
+
+
+class LDRLDFusedLinearLoss(torch.nn.Module):
+    """``nn.Module`` form of ``ldrld_fused_linear_loss``: the keywords (all but the tensors)
+    are fixed at construction."""
+
+    def __init__(self, **options: object) -> None:
+        super().__init__()
+        keywords = {name for name, parameter in
+                    inspect.signature(ldrld_fused_linear_loss).parameters.items()
+                    if parameter.kind is inspect.Parameter.KEYWORD_ONLY}
+        unknown = sorted(set(options) - (keywords - {"student_bias", "teacher_bias"}))
+        if unknown:
+            raise TypeError(f"LDRLDFusedLinearLoss: unknown or per-call keywords {unknown} "
+                            "(the biases go to forward)")
+        self.options = options
+
+    def forward(
+        self,
+        student_hidden: torch.Tensor,
+        student_weight: torch.Tensor,
+        teacher_hidden: torch.Tensor,
+        teacher_weight: torch.Tensor,
+        target: torch.Tensor | None = None,
+        student_bias: torch.Tensor | None = None,
+        teacher_bias: torch.Tensor | None = None,
+    ) -> torch.Tensor | LDRLDOutput:
+        return ldrld_fused_linear_loss(
+            student_hidden, student_weight, teacher_hidden, teacher_weight, target,
+            student_bias=student_bias, teacher_bias=teacher_bias, **self.options)
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{name}={value!r}" for name, value in self.options.items())
