@@ -7,16 +7,16 @@ return row losses and the gradients of the row losses, computed in the forward p
 
 from __future__ import annotations
 
-import functools
+import dataclasses
 import math
-import os
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import torch
 
-from ldrld_kernels import parallel, torch_path
+from ldrld_kernels import parallel
+from ldrld_kernels.backends import resolve_backend, rows_function
 from ldrld_kernels.config import LossConfig
-from ldrld_kernels.validation import check_target_values, validate
+from ldrld_kernels.validation import check_options, check_target_values, validate
 
 
 class LDRLDOutput(NamedTuple):
@@ -27,56 +27,6 @@ class LDRLDOutput(NamedTuple):
     ce: torch.Tensor
     local: torch.Tensor
     rntk: torch.Tensor
-
-
-def _triton_rows(*args):
-    from ldrld_kernels import triton_fused
-
-    return triton_fused.ldrld_rows(*args)
-
-
-def _triton_sharded_rows(*args, shard):
-    from ldrld_kernels import triton_parallel
-
-    return triton_parallel.ldrld_rows(*args, shard)
-
-
-_BACKENDS = {"torch": torch_path.ldrld_rows, "triton": _triton_rows}
-# with a process_group: each rank's slice of the classes (``parallel``)
-_SHARDED_BACKENDS = {"torch": torch_path.ldrld_rows, "triton": _triton_sharded_rows}
-
-
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
-
-
-def _triton_available() -> bool:
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def resolve_backend(backend: str, student: torch.Tensor, teacher: torch.Tensor) -> str:
-    """The backend that runs: ``"auto"`` picks Triton for CUDA tensors, else PyTorch."""
-    has_float64 = torch.float64 in (student.dtype, teacher.dtype)
-    if backend == "auto":
-        usable = student.is_cuda and not has_float64 and _triton_available()
-        return "triton" if usable else "torch"
-    if backend == "triton":
-        if has_float64:
-            raise TypeError("ldrld_loss: backend='triton' takes float32, float16 or bfloat16 "
-                            "logits, got dtype=torch.float64 (use backend='torch')")
-        if not _triton_available():
-            raise ValueError("ldrld_loss: backend='triton' needs the triton package, "
-                             "which is not installed")
-        if not student.is_cuda and not (student.device.type == "cpu" and _interpreting()):
-            raise ValueError(
-                f"ldrld_loss: backend='triton' needs CUDA tensors (got device={student.device}); "
-                "on CPU it runs only under TRITON_INTERPRET=1"
-            )
-    return backend
 
 
 def _scale_in_place(grad: torch.Tensor | None, scale: torch.Tensor, backend: str):
@@ -97,9 +47,7 @@ class _LDRLDFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, student, teacher, target, config, backend, reduction, mean_scale, shard):
-        rows = _BACKENDS[backend] if shard is None else \
-            functools.partial(_SHARDED_BACKENDS[backend], shard=shard)
-        row_loss, parts, grad_s, grad_t = rows(
+        row_loss, parts, grad_s, grad_t = rows_function(backend, shard)(
             student, teacher, target, config, ctx.needs_input_grad[0], ctx.needs_input_grad[1],
             mean_scale,
         )
@@ -156,10 +104,10 @@ def ldrld_loss(
     adw_scale: float = 2.0,
     adw_decay: float = 0.05,
     adw_offset: float = 1.5,
-    rank_by: str = "student",
+    rank_by: Literal["student", "teacher"] = "student",
     ignore_index: int = -100,
-    reduction: str = "mean",
-    backend: str = "auto",
+    reduction: Literal["mean", "sum", "none"] = "mean",
+    backend: Literal["auto", "triton", "torch"] = "auto",
     return_parts: bool = False,
     process_group: object | None = None,
 ) -> torch.Tensor | LDRLDOutput:
@@ -192,31 +140,32 @@ def ldrld_loss(
     Returns:
         The loss, float32 (float64 for float64 inputs), or an ``LDRLDOutput``.
     """
-    validate(
-        student_logits, teacher_logits, target, k=k, temperature=temperature, alpha=alpha,
-        beta=beta, ce_weight=ce_weight, adw_scale=adw_scale, adw_decay=adw_decay,
-        adw_offset=adw_offset, rank_by=rank_by, ignore_index=ignore_index,
-        reduction=reduction, backend=backend,
-        vocab_slice=process_group is not None,  # (then shard_of checks k against C)
-    )
+    config = LossConfig(k=k, temperature=temperature, alpha=alpha, beta=beta,
+                        ce_weight=ce_weight, adw_scale=adw_scale, adw_decay=adw_decay,
+                        adw_offset=adw_offset, rank_by=rank_by, ignore_index=ignore_index)
+    return _loss(student_logits, teacher_logits, target, config, reduction, backend,
+                 return_parts, process_group)
+
+
+def _loss(student_logits, teacher_logits, target, config: LossConfig, reduction: str,
+          backend: str, return_parts: bool, process_group) -> torch.Tensor | LDRLDOutput:
+    """``ldrld_loss`` with its settings in a (validated) ``LossConfig``."""
+    validate(student_logits, teacher_logits, target, k=config.k, reduction=reduction,
+             backend=backend,
+             vocab_slice=process_group is not None)  # (then shard_of checks k against C)
     shard = None
     if process_group is not None:
         # one small all-gather, which also checks that the ranks agree
         shard = parallel.shard_of(student_logits, process_group,
-                                  math.prod(student_logits.shape[:-1]), k, temperature,
-                                  target is not None)
+                                  math.prod(student_logits.shape[:-1]), config.k,
+                                  config.temperature, target is not None)
     backend = resolve_backend(backend, student_logits, teacher_logits)
     lead, num_classes = student_logits.shape[:-1], student_logits.shape[-1]
     flat_target = None
     if target is not None:
         flat_target = target.reshape(-1)
         check_target_values(flat_target, num_classes if shard is None else shard.num_classes,
-                            ignore_index)
-    config = LossConfig(
-        k=int(k), temperature=float(temperature), alpha=float(alpha), beta=float(beta),
-        ce_weight=float(ce_weight), adw_scale=float(adw_scale), adw_decay=float(adw_decay),
-        adw_offset=float(adw_offset), rank_by=rank_by, ignore_index=int(ignore_index),
-    )
+                            config.ignore_index)
     # (the row count spelled out: a rank's slice of the classes may be empty)
     student_2d = student_logits.reshape(math.prod(lead), num_classes)
     teacher_2d = teacher_logits.reshape(math.prod(lead), num_classes)
@@ -224,7 +173,7 @@ def ldrld_loss(
     if reduction == "mean":
         dtype = torch.float64 if torch.float64 in (student_2d.dtype, teacher_2d.dtype) \
             else torch.float32
-        mean_scale = _mean_scale(flat_target, student_2d.shape[0], ignore_index, dtype,
+        mean_scale = _mean_scale(flat_target, student_2d.shape[0], config.ignore_index, dtype,
                                  student_2d.device)
     if backend == "triton" and shard is None and torch.compiler.is_compiling():
         # torch.compile sees the kernels as one custom op rather than tracing their launches
@@ -232,9 +181,7 @@ def ldrld_loss(
 
         grad_enabled = torch.is_grad_enabled()
         row_loss, parts, _, _ = ops.ldrld_rows(
-            student_2d, teacher_2d, flat_target, config.k, config.temperature, config.alpha,
-            config.beta, config.ce_weight, config.adw_scale, config.adw_decay,
-            config.adw_offset, config.rank_by == "teacher", config.ignore_index,
+            student_2d, teacher_2d, flat_target, *config.op_args(),
             grad_enabled and student_2d.requires_grad, grad_enabled and teacher_2d.requires_grad,
         )
         loss, parts = _reduce(row_loss, parts, reduction, mean_scale)
@@ -250,8 +197,15 @@ def ldrld_loss(
 
 
 class LDRLDLoss(torch.nn.Module):
-    """``nn.Module`` form of ``ldrld_loss``: the keywords are fixed at construction and
-    ``forward(student_logits, teacher_logits, target=None)`` returns the loss."""
+    """``nn.Module`` form of ``ldrld_loss``: the keywords are fixed, and checked, at
+    construction (``LDRLDLoss(k=0)`` raises there); ``forward(student_logits,
+    teacher_logits, target=None)`` returns the loss.
+
+    Example::
+
+        criterion = LDRLDLoss(k=7, temperature=4.0, alpha=10.5, beta=7.0)
+        loss = criterion(student(images), teacher(images).detach(), labels)
+    """
 
     def __init__(
         self,
@@ -263,21 +217,21 @@ class LDRLDLoss(torch.nn.Module):
         adw_scale: float = 2.0,
         adw_decay: float = 0.05,
         adw_offset: float = 1.5,
-        rank_by: str = "student",
+        rank_by: Literal["student", "teacher"] = "student",
         ignore_index: int = -100,
-        reduction: str = "mean",
-        backend: str = "auto",
+        reduction: Literal["mean", "sum", "none"] = "mean",
+        backend: Literal["auto", "triton", "torch"] = "auto",
         return_parts: bool = False,
         process_group: object | None = None,
     ) -> None:
         super().__init__()
-        self.options = {
-            "k": k, "temperature": temperature, "alpha": alpha, "beta": beta,
-            "ce_weight": ce_weight, "adw_scale": adw_scale, "adw_decay": adw_decay,
-            "adw_offset": adw_offset, "rank_by": rank_by, "ignore_index": ignore_index,
-            "reduction": reduction, "backend": backend, "return_parts": return_parts,
-            "process_group": process_group,
-        }
+        self.config = LossConfig(k=k, temperature=temperature, alpha=alpha, beta=beta,
+                                 ce_weight=ce_weight, adw_scale=adw_scale, adw_decay=adw_decay,
+                                 adw_offset=adw_offset, rank_by=rank_by,
+                                 ignore_index=ignore_index)
+        check_options(reduction, backend)
+        self.reduction, self.backend = reduction, backend
+        self.return_parts, self.process_group = return_parts, process_group
 
     def forward(
         self,
@@ -285,7 +239,11 @@ class LDRLDLoss(torch.nn.Module):
         teacher_logits: torch.Tensor,
         target: torch.Tensor | None = None,
     ) -> torch.Tensor | LDRLDOutput:
-        return ldrld_loss(student_logits, teacher_logits, target, **self.options)
+        return _loss(student_logits, teacher_logits, target, self.config, self.reduction,
+                     self.backend, self.return_parts, self.process_group)
 
     def extra_repr(self) -> str:
-        return ", ".join(f"{name}={value!r}" for name, value in self.options.items())
+        options = {**dataclasses.asdict(self.config), "reduction": self.reduction,
+                   "backend": self.backend, "return_parts": self.return_parts,
+                   "process_group": self.process_group}
+        return ", ".join(f"{name}={value!r}" for name, value in options.items())

@@ -29,8 +29,8 @@ from pathlib import Path
 
 import torch
 
-from ldrld_kernels import __version__, reference
-from ldrld_kernels.api import ldrld_loss, resolve_backend
+from ldrld_kernels import __version__, backends, reference
+from ldrld_kernels.api import ldrld_loss
 
 
 @dataclass(frozen=True)
@@ -255,19 +255,11 @@ def versions() -> dict:
 def available_backends(device: torch.device, interpret: bool) -> list[str]:
     """triton where it compiles (or, with ``interpret``, under the interpreter), the torch
     path, ``torch.compile`` of it on a GPU, and the reference."""
-    probe = torch.empty(1, 3, device=device)
-    names = []
-    if device.type == "cuda" or interpret:
-        try:
-            resolve_backend("triton", probe, probe)
-            names.append("triton")
-        except (TypeError, ValueError):
-            pass
-    names.append("torch")
+    names = [name for name in backends.available(device)
+             if name != "triton" or device.type == "cuda" or interpret]
     if device.type == "cuda":
         names.append("torch.compile")
-    names.append("reference")
-    return names
+    return [*names, "reference"]
 
 
 def run_bench(shapes, dtype_names, backends, device: torch.device, quick: bool,
@@ -356,7 +348,8 @@ def table_rows(report: Report) -> list[list[str]]:
 def format_table(report: Report) -> str:
     rows = [list(COLUMNS)] + table_rows(report)
     widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
-    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)) for row in rows]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+             for row in rows]
     lines.insert(1, "  ".join("-" * width for width in widths))
     return "\n".join(lines)
 
@@ -410,7 +403,7 @@ def _plot(report: Report, path: Path) -> Path | None:
             points = sorted((r.classes, r.gbps) for r in report.results
                             if r.backend == backend and r.dtype == dtype and r.gbps)
             if points:
-                axes.plot(*zip(*points), marker="o", label=f"{backend} {dtype}")
+                axes.plot(*zip(*points, strict=True), marker="o", label=f"{backend} {dtype}")
     axes.axhline(report.copy_gbps, color="grey", linestyle="--", label="device copy")
     axes.set_xscale("log")
     axes.set_yscale("log")

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from ldrld_kernels import bench, profile
-from ldrld_kernels.api import resolve_backend
+from ldrld_kernels.backends import available
 from ldrld_kernels.check import compare_with_reference
 from ldrld_kernels.validation import MAX_K
 
@@ -30,18 +30,6 @@ CHECK_SHAPES = ((4, 37, 3), (3, 1000, 7), (2, 4099, 16))
 CHECK_DTYPES = {"float64": torch.float64, "float32": torch.float32, "float16": torch.float16,
                 "bfloat16": torch.bfloat16}
 DEFAULT_CHECK_DTYPES = ("float64", "float32", "bfloat16")
-
-
-def available_backends(device: torch.device) -> list[str]:
-    """The backends that can run on ``device`` on this machine."""
-    probe = torch.empty(1, 3, device=device)
-    names = ["torch"]
-    try:
-        resolve_backend("triton", probe, probe)
-        names.append("triton")
-    except (TypeError, ValueError):
-        pass
-    return names
 
 
 def _parse_shape(text: str) -> tuple[int, int, int]:
@@ -76,7 +64,7 @@ def _unavailable(device: torch.device) -> str | None:
 
 def run_check(args: argparse.Namespace) -> int:
     device = args.device
-    backends = available_backends(device) if args.backend == "all" else [args.backend]
+    backends = available(device) if args.backend == "all" else [args.backend]
     generator = torch.Generator().manual_seed(args.seed)
     header = f"{'backend':8} {'dtype':9} {'rows x C, k':18} {'loss err':>10} " \
              f"{'d student':>10} {'d teacher':>10}  result"

@@ -19,7 +19,7 @@ they are).
 
 from __future__ import annotations
 
-import functools
+import dataclasses
 import inspect
 import math
 from typing import Literal
@@ -29,16 +29,10 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from ldrld_kernels import parallel
-from ldrld_kernels.api import (
-    _BACKENDS,
-    _SHARDED_BACKENDS,
-    LDRLDOutput,
-    _mean_scale,
-    _reduce,
-    resolve_backend,
-)
+from ldrld_kernels.api import LDRLDOutput, _mean_scale, _reduce
+from ldrld_kernels.backends import resolve_backend, rows_function
 from ldrld_kernels.config import LossConfig
-from ldrld_kernels.validation import check_target_values, validate
+from ldrld_kernels.validation import check_options, check_target_values, validate
 
 # ``chunk_rows="auto"``: one chunk's logits and their gradients take at most this many bytes
 CHUNK_BYTES = {"cuda": 1 << 30, "cpu": 256 << 20}
@@ -124,8 +118,7 @@ class _FusedLinearFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h_s, w_s, b_s, h_t, w_t, b_t, target, config, backend, reduction,
                 mean_scale, chunk_rows, shard, reduce_hidden_grad):
-        rows_fn = _BACKENDS[backend] if shard is None else \
-            functools.partial(_SHARDED_BACKENDS[backend], shard=shard)
+        rows_fn = rows_function(backend, shard)
         needs = ctx.needs_input_grad
         student = _Linear(h_s, w_s, b_s, needs[0:3])
         teacher = _Linear(h_t, w_t, b_t, needs[3:6])
@@ -290,12 +283,11 @@ def ldrld_fused_linear_loss(
     logits_s, logits_t = (torch.empty((), dtype=hidden.dtype, device=hidden.device)
                           .expand(*lead, num_classes)
                           for hidden in (student_hidden, teacher_hidden))
-    validate(
-        logits_s, logits_t, target, k=k, temperature=temperature, alpha=alpha, beta=beta,
-        ce_weight=ce_weight, adw_scale=adw_scale, adw_decay=adw_decay, adw_offset=adw_offset,
-        rank_by=rank_by, ignore_index=ignore_index, reduction=reduction, backend=backend,
-        vocab_slice=process_group is not None,
-    )
+    config = LossConfig(k=k, temperature=temperature, alpha=alpha, beta=beta,
+                        ce_weight=ce_weight, adw_scale=adw_scale, adw_decay=adw_decay,
+                        adw_offset=adw_offset, rank_by=rank_by, ignore_index=ignore_index)
+    validate(logits_s, logits_t, target, k=config.k, reduction=reduction, backend=backend,
+             vocab_slice=process_group is not None)
     shard = None
     if process_group is not None:
         shard = parallel.shard_of(logits_s, process_group, rows, k, temperature,
@@ -306,11 +298,6 @@ def ldrld_fused_linear_loss(
         flat_target = target.reshape(-1)
         check_target_values(flat_target, num_classes if shard is None else shard.num_classes,
                             ignore_index)
-    config = LossConfig(
-        k=int(k), temperature=float(temperature), alpha=float(alpha), beta=float(beta),
-        ce_weight=float(ce_weight), adw_scale=float(adw_scale), adw_decay=float(adw_decay),
-        adw_offset=float(adw_offset), rank_by=rank_by, ignore_index=int(ignore_index),
-    )
     f64 = torch.float64 in (student_hidden.dtype, teacher_hidden.dtype)
     mean_scale = None
     if reduction == "mean":
@@ -347,6 +334,9 @@ class LDRLDFusedLinearLoss(torch.nn.Module):
         if unknown:
             raise TypeError(f"LDRLDFusedLinearLoss: unknown or per-call keywords {unknown} "
                             "(the biases go to forward)")
+        LossConfig(**{field.name: options[field.name] for field in dataclasses.fields(LossConfig)
+                      if field.name in options})  # (fails here on a bad setting)
+        check_options(options.get("reduction", "mean"), options.get("backend", "auto"))
         self.options = options
 
     def forward(

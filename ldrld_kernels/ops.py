@@ -43,8 +43,8 @@ def ldrld_rows(
     gradient not asked for) of 2-D logits, from the Triton kernels."""
     from ldrld_kernels import triton_fused
 
-    config = LossConfig(k, temperature, alpha, beta, ce_weight, adw_scale, adw_decay, adw_offset,
-                        "teacher" if rank_by_teacher else "student", ignore_index)
+    config = LossConfig.from_op_args(k, temperature, alpha, beta, ce_weight, adw_scale,
+                                     adw_decay, adw_offset, rank_by_teacher, ignore_index)
     return _op_outputs(student, teacher, *triton_fused.ldrld_rows(
         student, teacher, target, config, need_student_grad, need_teacher_grad))
 

@@ -45,7 +45,7 @@ MAX_FUSED = 65536
 # and a wave has enough programs for RESIDENT_WARPS warps on every SM (the budgets' floor).
 L2_SHARE = 0.5
 MIN_SPLIT_CHUNKS = 4
-MAX_SPLITS = 32  # the merge's tile is MAX_SPLITS x K_PAD candidates per program
+MAX_SPLITS = 32  # the merge holds MAX_SPLITS x K_PAD candidate groups (x VEC logits) per row
 RESIDENT_WARPS = 16
 # The fewest classes per thread (bfloat16; float32 takes half as many, the same bytes).
 ELEMENTS_PER_THREAD = 256

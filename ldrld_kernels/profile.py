@@ -156,7 +156,8 @@ def compile_only() -> Iterator[list[Launch]]:
 
     def record(self, *args, grid, warmup, **kwargs):
         compiled = original_run(self, *args, grid=grid, warmup=True, **kwargs)
-        bound = dict(zip(self.arg_names, args))
+        # positional arguments first (the launchers pass keywords: maybe none)
+        bound = dict(zip(self.arg_names, args, strict=False))
         bound.update({name: value for name, value in kwargs.items() if name in self.arg_names})
         launches.append(Launch(self, tuple(grid), bound, compiled))
         return compiled
@@ -478,12 +479,12 @@ def profile_launch(launch: Launch, rows: int, classes: int, launches: int = 1,
     scale = threads * programs / elements
 
     def executed(predicate) -> float:
-        return sum(count for instruction, count in zip(instructions, counts)
+        return sum(count for instruction, count in zip(instructions, counts, strict=True)
                    if predicate(instruction))
 
     def global_bytes(op: str, wide_only: bool) -> float:
         return sum(count * instruction.width_bits / 8
-                   for instruction, count in zip(instructions, counts)
+                   for instruction, count in zip(instructions, counts, strict=True)
                    if instruction.opcode.startswith(op + ".")
                    and (not wide_only or instruction.width_bits == 128))
 
@@ -722,7 +723,8 @@ def format_table(profiles: Sequence[CallProfile]) -> str:
     rows = [list(COLUMNS)] + table_rows(profiles)
     widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
     lines = ["  ".join(cell.rjust(width) if i not in (2, 3) else cell.ljust(width)
-                       for i, (cell, width) in enumerate(zip(row, widths))) for row in rows]
+                       for i, (cell, width) in enumerate(zip(row, widths, strict=True)))
+             for row in rows]
     lines.insert(1, "-" * len(lines[0]))
     return "\n".join(lines)
 

@@ -67,8 +67,9 @@ def _log_softmax(rows: list[torch.Tensor], shard: parallel.Shard | None) -> list
     top = shard.all_reduce(torch.stack([x.amax(dim=-1) for x in rows]), dist.ReduceOp.MAX)
     top = torch.where(top == -math.inf, 0.0, top)  # (a row of -inf stays -inf, as locally)
     sums = shard.all_reduce(torch.stack([(x - m[:, None]).exp().sum(dim=-1)
-                                         for x, m in zip(rows, top)]), dist.ReduceOp.SUM)
-    return [x - m[:, None] - z.log()[:, None] for x, m, z in zip(rows, top, sums)]
+                                         for x, m in zip(rows, top, strict=True)]),
+                            dist.ReduceOp.SUM)
+    return [x - m[:, None] - z.log()[:, None] for x, m, z in zip(rows, top, sums, strict=True)]
 
 
 def local_term(u_top: torch.Tensor, v_top: torch.Tensor, config: LossConfig,

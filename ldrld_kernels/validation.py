@@ -7,10 +7,11 @@ import numbers
 
 import torch
 
+# The largest k: the kernels hold the k x k pair tile of a row in registers (K_PAD^2 = 4,096
+# values per row at 64) and the selection takes k rounds; the paper uses k = 7.
 MAX_K = 64
 REDUCTIONS = ("mean", "sum", "none")
 RANK_BY = ("student", "teacher")
-BACKENDS = ("auto", "triton", "torch")
 LOGIT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
@@ -27,7 +28,7 @@ def _check_logits(name: str, logits: object) -> torch.Tensor:
     return logits
 
 
-def _check_real(name: str, value: object, positive: bool = False) -> None:
+def check_real(name: str, value: object, positive: bool = False) -> None:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"ldrld_loss: {name} must be a real number, got {name}={value!r}")
     if not math.isfinite(value):
@@ -36,7 +37,7 @@ def _check_real(name: str, value: object, positive: bool = False) -> None:
         raise ValueError(f"ldrld_loss: {name} must be > 0, got {name}={value!r}")
 
 
-def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
+def check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ValueError(f"ldrld_loss: {name} must be one of {choices}, got {name}={value!r}")
 
@@ -46,23 +47,16 @@ def validate(
     teacher_logits: object,
     target: object,
     *,
-    k: object,
-    temperature: object,
-    alpha: object,
-    beta: object,
-    ce_weight: object,
-    adw_scale: object,
-    adw_decay: object,
-    adw_offset: object,
-    rank_by: object,
-    ignore_index: object,
+    k: int,
     reduction: object,
     backend: object,
     vocab_slice: bool = False,
 ) -> None:
     """Raise ``TypeError`` / ``ValueError`` naming the argument and the value, or return.
-    With ``vocab_slice`` the logits hold a slice of each row (vocabulary parallel): only
-    ``k >= 2`` is checked here, and the caller checks k against the whole row (``check_k``).
+    The loss settings check themselves (``config.LossConfig``); here the tensors, ``k``
+    against their C (with ``vocab_slice`` the logits hold a slice of each row, vocabulary
+    parallel, and ``parallel.shard_of`` checks k against the whole row), ``reduction`` and
+    ``backend``.
 
     Target values are checked separately (``check_target_values``): that reads the data.
     """
@@ -78,23 +72,9 @@ def validate(
             "ldrld_loss: student_logits and teacher_logits must be on the same device, got "
             f"{student.device} and {teacher.device}"
         )
-    if isinstance(k, bool) or not isinstance(k, numbers.Integral):
-        raise TypeError(f"ldrld_loss: k must be an int, got k={k!r}")
-    check_k(k, None if vocab_slice else student.shape[-1])
-    if k > MAX_K:
-        raise ValueError(f"ldrld_loss: k must be <= {MAX_K}, got k={k}")
-    _check_real("temperature", temperature, positive=True)
-    for name, value in (("alpha", alpha), ("beta", beta), ("ce_weight", ce_weight),
-                        ("adw_scale", adw_scale), ("adw_decay", adw_decay),
-                        ("adw_offset", adw_offset)):
-        _check_real(name, value)
-    _check_choice("rank_by", rank_by, RANK_BY)
-    _check_choice("reduction", reduction, REDUCTIONS)
-    _check_choice("backend", backend, BACKENDS)
-    if isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral):
-        raise TypeError(
-            f"ldrld_loss: ignore_index must be an int, got ignore_index={ignore_index!r}"
-        )
+    if not vocab_slice:
+        check_k(k, student.shape[-1])
+    check_options(reduction, backend)
     if target is None:
         return
     if not isinstance(target, torch.Tensor):
@@ -113,6 +93,14 @@ def validate(
             f"ldrld_loss: target must be on the logits' device {student.device}, "
             f"got {target.device}"
         )
+
+
+def check_options(reduction: object, backend: object) -> None:
+    """The call's options that are not loss settings."""
+    check_choice("reduction", reduction, REDUCTIONS)
+    from ldrld_kernels.backends import NAMES  # (backends imports the paths, which import us)
+
+    check_choice("backend", backend, NAMES)
 
 
 def check_k(k: int, num_classes: int | None) -> None:

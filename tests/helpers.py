@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ldrld_kernels import hardware, policy, torch_path, triton_fused
-from ldrld_kernels.api import resolve_backend
+from ldrld_kernels import backends, hardware, policy, torch_path, triton_fused
 from ldrld_kernels.check import GRAD_TOLERANCES, LOSS_TOLERANCES, compare_with_reference
 from ldrld_kernels.config import LossConfig
 
@@ -67,12 +66,7 @@ def check_golden(case: dict, loss_fn, dtype: torch.dtype, rtol: float, device="c
 
 
 def triton_runs_here() -> bool:
-    probe = torch.empty(1, 3, device=DEVICE)
-    try:
-        resolve_backend("triton", probe, probe)
-    except ValueError:
-        return False
-    return True
+    return "triton" in backends.available(torch.device(DEVICE))
 
 
 requires_triton = pytest.mark.skipif(
@@ -99,11 +93,12 @@ def launch_matches(student, teacher, target, launch: policy.FusedLaunch, **optio
     expected = torch_path.ldrld_rows(student.double(), teacher.double(), target, config,
                                      True, True, torch.tensor(0.25, dtype=torch.float64))
     loss_tol = LOSS_TOLERANCES[torch.float32]
-    for actual, wanted in zip((rows_, parts), expected[:2]):
+    for actual, wanted in zip((rows_, parts), expected[:2], strict=True):
         scale_ = max(1.0, float(wanted.abs().max()))
         torch.testing.assert_close(actual.cpu().double(), wanted, rtol=loss_tol.rtol,
                                    atol=2e-6 * scale_)
-    for actual, wanted, like in zip((grad_s, grad_t), expected[2:], (student, teacher)):
+    for actual, wanted, like in zip((grad_s, grad_t), expected[2:], (student, teacher),
+                                    strict=True):
         tol = GRAD_TOLERANCES[like.dtype]
         scale_ = max(1.0, float(wanted.abs().max()))
         torch.testing.assert_close(actual.cpu().double(), wanted, rtol=tol.rtol,

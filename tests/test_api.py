@@ -26,7 +26,7 @@ def test_parts_recombine(reduction):
     torch.testing.assert_close(out.loss, 0.5 * out.ce + 10.5 * out.local + 7.0 * out.rntk)
     expected = reference.ldrld_loss(student, teacher, target, alpha=10.5, beta=7.0,
                                     ce_weight=0.5, reduction=reduction, return_parts=True)
-    for ours, theirs in zip(out, expected):
+    for ours, theirs in zip(out, expected, strict=True):
         torch.testing.assert_close(ours, theirs)
     assert not any(part.requires_grad for part in out[1:])
 

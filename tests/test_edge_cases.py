@@ -46,7 +46,7 @@ def test_bitwise_deterministic(backend, dtype, width):
     first = loss_and_grads(backend, student, teacher, target, reduction="none")
     for _ in range(2):
         again = loss_and_grads(backend, student, teacher, target, reduction="none")
-        for a, b in zip(first, again):
+        for a, b in zip(first, again, strict=True):
             assert torch.equal(a, b)
 
 

@@ -63,7 +63,7 @@ def _check(tensors, target, chunk_rows, tolerance, **options):
             out.loss) if out.loss.dim() else torch.tensor(1.7).to(out.loss)
         grads = torch.autograd.grad((out.loss * upstream).sum(), leaves)
         results.append([out.loss, out.ce, out.local, out.rntk, *grads])
-    for index, (got, want) in enumerate(zip(*results)):
+    for index, (got, want) in enumerate(zip(*results, strict=True)):
         scale = max(1.0, float(want.detach().abs().max()))
         torch.testing.assert_close(got.double(), want.double(), rtol=tolerance,
                                    atol=tolerance * scale, msg=lambda m, i=index: f"[{i}] {m}")

@@ -58,8 +58,9 @@ def _compare(name, rank, widths, student, teacher, target, failures, backend="to
             grads.append(t.grad if sharded else t.grad[:, here])
         results.append([out.loss, out.ce, out.local, out.rntk, *grads])
     compute = torch.promote_types(student.dtype, torch.float32)
+    # (the teacher's gradient only when asked for: the names may outnumber the results)
     for what, got, want in zip(("loss", "ce", "local", "rntk", "student grad", "teacher grad"),
-                               *results):
+                               *results, strict=False):
         got, want = got.detach().double(), want.detach().double()
         # gradients are rounded to the inputs' dtype: one unit of it apart at most
         eps = TOLERANCE[compute] if what in ("loss", "ce", "local", "rntk") or \
@@ -163,7 +164,7 @@ def _fused_linear_case(rank: int, world: int, failures: list[str], backend: str)
         results.append([out.loss, out.rntk, *grads])
     tolerance = TOLERANCE[dtype]
     for what, got, want in zip(("loss", "rntk", "hidden grad", "weight grad", "bias grad",
-                                "teacher weight grad"), *results):
+                                "teacher weight grad"), *results, strict=True):
         scale = max(1.0, float(want.abs().max()) if want.numel() else 0.0)
         if not torch.allclose(got, want, rtol=tolerance, atol=tolerance * scale):
             failures.append(f"{backend} fused linear: {what} differs by "
@@ -213,7 +214,7 @@ def _ddp_step(rank: int, failures: list[str]) -> None:
     losses = [lk.ldrld_loss(reference(bx), bt, by, k=3, backend="torch")
               for bx, bt, by in map(batch, range(dist.get_world_size()))]
     (sum(losses) / len(losses)).backward()
-    for got, want in zip(model.parameters(), reference.parameters()):
+    for got, want in zip(model.parameters(), reference.parameters(), strict=True):
         if not torch.allclose(got.grad, want.grad, rtol=1e-5, atol=1e-7):
             failures.append("DDP step: gradients differ from the single-process mean")
 

@@ -20,7 +20,8 @@ def softmax_kl(t, s, T):
     zt = sum(math.exp(x / T) for x in t)
     zs = sum(math.exp(x / T) for x in s)
     return sum(
-        math.exp(a / T) / zt * (a / T - math.log(zt) - b / T + math.log(zs)) for a, b in zip(t, s)
+        math.exp(a / T) / zt * (a / T - math.log(zt) - b / T + math.log(zs))
+        for a, b in zip(t, s, strict=True)
     )
 
 

@@ -217,5 +217,5 @@ def test_packed_and_strided_reads_agree():
                                          target.to(DEVICE), config, True, False)
     strided = triton_fused.ldrld_rows(wide_s.to(DEVICE)[:, ::2], teacher.to(DEVICE),
                                       target.to(DEVICE), config, True, False)
-    for a, b in zip(contiguous[:3], strided[:3]):
+    for a, b in zip(contiguous[:3], strided[:3], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)

@@ -65,6 +65,15 @@ def test_ignore_index_is_not_an_out_of_range_target():
     assert loss[1] == 0 and loss[3] == 0 and loss[0] > 0
 
 
-def test_module_validates_too():
-    with pytest.raises(ValueError, match="k=10"):
+def test_module_validates_at_construction():
+    for options, error, match in (({"k": 1}, ValueError, "k=1"),
+                                  ({"temperature": 0}, ValueError, "temperature=0"),
+                                  ({"rank_by": "both"}, ValueError, "rank_by='both'"),
+                                  ({"reduction": "avg"}, ValueError, "reduction='avg'"),
+                                  ({"backend": "cuda"}, ValueError, "backend='cuda'")):
+        with pytest.raises(error, match=match):
+            lk.LDRLDLoss(**options)
+        with pytest.raises(error, match=match):
+            lk.LDRLDFusedLinearLoss(**options)
+    with pytest.raises(ValueError, match="k=10"):  # k against C: at the call, which knows C
         lk.LDRLDLoss(k=10)(S, T)

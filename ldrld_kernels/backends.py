@@ -1,0 +1,94 @@
+"""The backends, in one table: what computes the rows of each (whole rows, or a rank's slice
+of the classes with a ``process_group``), and whether it can run here, with the reason when
+it cannot. ``api``, ``fused_linear``, the ``ldrld`` command, the bench and the tests all read
+it.
+
+Every backend's rows function has the contract of ``torch_path.ldrld_rows``: (student,
+teacher, target, config, need_student_grad, need_teacher_grad, grad_scale) -> (row losses,
+parts, student gradient, teacher gradient), the gradients computed in the forward pass.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from ldrld_kernels import torch_path
+
+
+def _triton_rows(*args, **kwargs):
+    from ldrld_kernels import triton_fused
+
+    return triton_fused.ldrld_rows(*args, **kwargs)
+
+
+def _triton_sharded_rows(*args, shard):
+    from ldrld_kernels import triton_parallel
+
+    return triton_parallel.ldrld_rows(*args, shard)
+
+
+def _always(device: torch.device, dtypes: tuple[torch.dtype, ...]) -> Exception | None:
+    return None
+
+
+def _triton_unavailable(device: torch.device,
+                        dtypes: tuple[torch.dtype, ...]) -> Exception | None:
+    if torch.float64 in dtypes:
+        return TypeError("ldrld_loss: backend='triton' takes float32, float16 or bfloat16 "
+                         "logits, got dtype=torch.float64 (use backend='torch')")
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return ValueError("ldrld_loss: backend='triton' needs the triton package, which is "
+                          "not installed")
+    interpreting = os.environ.get("TRITON_INTERPRET") == "1"
+    if device.type != "cuda" and not (device.type == "cpu" and interpreting):
+        return ValueError(f"ldrld_loss: backend='triton' needs CUDA tensors (got device="
+                          f"{device}); on CPU it runs only under TRITON_INTERPRET=1")
+    return None
+
+
+@dataclass(frozen=True)
+class Backend:
+    rows: Callable  # whole rows
+    sharded_rows: Callable  # a rank's slice of the classes; takes shard=
+    # the error a call would get on these logits (device, dtypes), or None when it runs
+    unavailable: Callable[[torch.device, tuple[torch.dtype, ...]], Exception | None]
+
+
+BACKENDS: dict[str, Backend] = {
+    "torch": Backend(torch_path.ldrld_rows, torch_path.ldrld_rows, _always),
+    "triton": Backend(_triton_rows, _triton_sharded_rows, _triton_unavailable),
+}
+NAMES = ("auto", *BACKENDS)  # what ``backend=`` takes
+
+
+def rows_function(name: str, shard=None) -> Callable:
+    """The rows function of backend ``name``, on a rank's slice with a ``shard``."""
+    backend = BACKENDS[name]
+    return backend.rows if shard is None else functools.partial(backend.sharded_rows,
+                                                                 shard=shard)
+
+
+def available(device: torch.device) -> list[str]:
+    """The backends that run float32 logits on ``device`` on this machine."""
+    return [name for name, backend in BACKENDS.items()
+            if backend.unavailable(device, (torch.float32,)) is None]
+
+
+def resolve_backend(backend: str, student: torch.Tensor, teacher: torch.Tensor) -> str:
+    """The backend that runs: ``"auto"`` picks Triton for CUDA tensors where it runs, else
+    PyTorch; a named one that cannot run these logits here raises its reason."""
+    device, dtypes = student.device, (student.dtype, teacher.dtype)
+    if backend == "auto":
+        usable = device.type == "cuda" and BACKENDS["triton"].unavailable(device, dtypes) is None
+        return "triton" if usable else "torch"
+    error = BACKENDS[backend].unavailable(device, dtypes)
+    if error is not None:
+        raise error
+    return backend
