@@ -29,28 +29,27 @@ class LDRLDOutput(NamedTuple):
     rntk: torch.Tensor
 
 
-def _scale_in_place(grad: torch.Tensor | None, scale: torch.Tensor, backend: str):
-    if grad is None:
-        return None
-    if backend == "triton" and scale.dim() == 0:
-        from ldrld_kernels.triton_common import scale_in_place
-
-        return scale_in_place(grad, scale)
-    return grad.mul_(scale)
-
-
 class _LDRLDFunction(torch.autograd.Function):
-    """The reduced loss of 2-D logits. The backend computes the gradients in the forward pass,
-    already divided by the row count for "mean"; backward scales them by the upstream
-    gradient in place (so once), and on the Triton path skips even reading them when that
-    gradient is exactly 1, the usual ``loss.backward()``, without a host sync."""
+    """The reduced loss of 2-D logits, in eager mode and under ``torch.compile`` alike. The
+    backend computes the gradients in the forward pass (the Triton one through the custom op
+    ``ops.ldrld_rows``), already divided by the row count for "mean"; backward scales them by
+    the upstream gradient in place (so once; on the Triton path with ``ops.scale_``, which
+    skips even reading them when that gradient is exactly 1, the usual ``loss.backward()``,
+    without a host sync)."""
 
     @staticmethod
     def forward(ctx, student, teacher, target, config, backend, reduction, mean_scale, shard):
-        row_loss, parts, grad_s, grad_t = rows_function(backend, shard)(
-            student, teacher, target, config, ctx.needs_input_grad[0], ctx.needs_input_grad[1],
-            mean_scale,
-        )
+        need_s, need_t = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        if backend == "triton" and shard is None:
+            from ldrld_kernels import ops
+
+            row_loss, parts, grad_s, grad_t = ops.ldrld_rows(
+                student, teacher, target, mean_scale, *config.op_args(), need_s, need_t)
+            grad_s, grad_t = (grad if need else None
+                              for grad, need in ((grad_s, need_s), (grad_t, need_t)))
+        else:
+            row_loss, parts, grad_s, grad_t = rows_function(backend, shard)(
+                student, teacher, target, config, need_s, need_t, mean_scale)
         loss, parts = _reduce(row_loss, parts, reduction, mean_scale)
         ctx.save_for_backward(grad_s, grad_t)
         ctx.backend, ctx.per_row = backend, reduction == "none"
@@ -68,8 +67,17 @@ class _LDRLDFunction(torch.autograd.Function):
             )
         ctx.backward_done = True
         scale = grad_loss[:, None] if ctx.per_row else grad_loss
-        grad_s, grad_t = (_scale_in_place(grad, scale, ctx.backend) for grad in ctx.saved_tensors)
-        return grad_s, grad_t, None, None, None, None, None, None
+        grads = []
+        for grad in ctx.saved_tensors:
+            if grad is not None:
+                if ctx.backend == "triton" and scale.dim() == 0:
+                    from ldrld_kernels import ops
+
+                    ops.scale_(grad, scale)
+                else:
+                    grad.mul_(scale)
+            grads.append(grad)
+        return *grads, None, None, None, None, None, None
 
 
 def _mean_scale(target: torch.Tensor | None, rows: int, ignore_index: int,
@@ -175,19 +183,8 @@ def _loss(student_logits, teacher_logits, target, config: LossConfig, reduction:
             else torch.float32
         mean_scale = _mean_scale(flat_target, student_2d.shape[0], config.ignore_index, dtype,
                                  student_2d.device)
-    if backend == "triton" and shard is None and torch.compiler.is_compiling():
-        # torch.compile sees the kernels as one custom op rather than tracing their launches
-        from ldrld_kernels import ops
-
-        grad_enabled = torch.is_grad_enabled()
-        row_loss, parts, _, _ = ops.ldrld_rows(
-            student_2d, teacher_2d, flat_target, *config.op_args(),
-            grad_enabled and student_2d.requires_grad, grad_enabled and teacher_2d.requires_grad,
-        )
-        loss, parts = _reduce(row_loss, parts, reduction, mean_scale)
-    else:
-        loss, parts = _LDRLDFunction.apply(student_2d, teacher_2d, flat_target, config,
-                                           backend, reduction, mean_scale, shard)
+    loss, parts = _LDRLDFunction.apply(student_2d, teacher_2d, flat_target, config, backend,
+                                       reduction, mean_scale, shard)
     if reduction == "none":
         loss, parts = loss.reshape(lead), parts.reshape(*lead, 3)
     if not return_parts:

@@ -1,10 +1,8 @@
-"""The Triton path as a PyTorch custom op, so that ``torch.compile`` sees one opaque node
-(with a fake implementation for tracing and a registered autograd formula) instead of
-tracing into the kernel launches.
-
-Eager calls go through ``api._LDRLDFunction``, whose backward scales the saved gradients in
-place. This op's backward scales them out of place, as a traced graph requires; Inductor can
-still reuse the dead buffer for that pointwise product.
+"""The Triton path as PyTorch custom ops, so that ``torch.compile`` sees opaque nodes (with
+fake implementations for tracing) instead of tracing into the kernel launches. Eager and
+compiled calls alike go through ``api._LDRLDFunction``, which calls these ops: one forward
+(``ldrld_rows``: the row losses and their gradients) and one backward (``scale_``: the
+gradients times the upstream gradient, in place, skipped on the device when it is 1).
 """
 
 from __future__ import annotations
@@ -26,6 +24,7 @@ def ldrld_rows(
     student: torch.Tensor,
     teacher: torch.Tensor,
     target: torch.Tensor | None,
+    grad_scale: torch.Tensor | None,
     k: int,
     temperature: float,
     alpha: float,
@@ -39,38 +38,32 @@ def ldrld_rows(
     need_student_grad: bool,
     need_teacher_grad: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Row losses, per-row parts and the gradients of the row losses (an empty tensor for a
-    gradient not asked for) of 2-D logits, from the Triton kernels."""
+    """Row losses, per-row parts and the gradients of the row losses times ``grad_scale``
+    (an empty tensor for a gradient not asked for) of 2-D logits, from the Triton kernels;
+    the scalars are ``LossConfig.op_args()``."""
     from ldrld_kernels import triton_fused
 
     config = LossConfig.from_op_args(k, temperature, alpha, beta, ce_weight, adw_scale,
                                      adw_decay, adw_offset, rank_by_teacher, ignore_index)
     return _op_outputs(student, teacher, *triton_fused.ldrld_rows(
-        student, teacher, target, config, need_student_grad, need_teacher_grad))
+        student, teacher, target, config, need_student_grad, need_teacher_grad, grad_scale))
 
 
 @ldrld_rows.register_fake
-def _(student, teacher, target, k, temperature, alpha, beta, ce_weight, adw_scale, adw_decay,
-      adw_offset, rank_by_teacher, ignore_index, need_student_grad, need_teacher_grad):
+def _(student, teacher, target, grad_scale, *settings_and_needs):
+    need_student_grad, need_teacher_grad = settings_and_needs[-2:]
     return _op_outputs(student, teacher, *allocate_outputs(student, teacher, need_student_grad,
                                                            need_teacher_grad))
 
 
-def _setup_context(ctx, inputs, output):
-    _, _, grad_s, grad_t = output
-    ctx.need_student_grad, ctx.need_teacher_grad = inputs[-2], inputs[-1]
-    ctx.save_for_backward(grad_s, grad_t)
-    ctx.mark_non_differentiable(*output[1:])
+@torch.library.custom_op("ldrld_kernels::scale_", mutates_args=("grad",))
+def scale_(grad: torch.Tensor, scale: torch.Tensor) -> None:
+    """``grad *= scale`` in place for a 0-d ``scale`` on the device (not read when it is 1)."""
+    from ldrld_kernels.triton_common import scale_in_place
+
+    scale_in_place(grad, scale)
 
 
-def _backward(ctx, grad_rows, _grad_parts, _grad_grad_s, _grad_grad_t):
-    grad_s, grad_t = ctx.saved_tensors
-    scale = grad_rows[:, None]
-    return (
-        (grad_s * scale).to(grad_s.dtype) if ctx.need_student_grad else None,
-        (grad_t * scale).to(grad_t.dtype) if ctx.need_teacher_grad else None,
-        *([None] * 13),
-    )
-
-
-ldrld_rows.register_autograd(_backward, setup_context=_setup_context)
+@scale_.register_fake
+def _(grad, scale):
+    return None

@@ -5,6 +5,7 @@ import torch
 
 import ldrld_kernels as lk
 from ldrld_kernels import ops
+from ldrld_kernels.config import LossConfig
 from tests.helpers import DEVICE, random_logits, requires_triton, triton_runs_here
 
 BACKENDS = ["torch", pytest.param("triton", marks=requires_triton)]
@@ -13,12 +14,16 @@ BACKENDS = ["torch", pytest.param("triton", marks=requires_triton)]
 @requires_triton
 @pytest.mark.parametrize("with_target", [True, False])
 def test_opcheck(with_target):
-    student, teacher = random_logits(3, 50)
-    student, teacher = student.to(DEVICE).requires_grad_(), teacher.to(DEVICE)
+    # (the ops run inside ``api._LDRLDFunction``, whose autograd they need not know)
+    student, teacher = (x.to(DEVICE) for x in random_logits(3, 50))
     target = torch.tensor([1, -100, 4], device=DEVICE) if with_target else None
-    args = (student, teacher, target, 7, 4.0, 1.5, 0.5, 1.0, 2.0, 0.05, 1.5, not with_target,
-            -100, True, False)
+    config = LossConfig(alpha=1.5, beta=0.5, rank_by="student" if with_target else "teacher")
+    args = (student, teacher, target, torch.tensor(0.5, device=DEVICE), *config.op_args(),
+            True, False)
     result = torch.library.opcheck(ops.ldrld_rows, args)
+    assert set(result.values()) == {"SUCCESS"}, result
+    result = torch.library.opcheck(ops.scale_, (torch.randn(3, 50, device=DEVICE),
+                                                torch.tensor(2.0, device=DEVICE)))
     assert set(result.values()) == {"SUCCESS"}, result
 
 
