@@ -90,6 +90,11 @@ NO_GROUP = tl.constexpr(2**30)  # group id of an empty candidate slot (ranks las
 STATS = tl.constexpr(8)
 ROW_WORDS = tl.constexpr(16)
 TICKET = tl.constexpr(15)
+# the words of a split's record, then of the row record
+SPLIT_M_U, SPLIT_Z_U, SPLIT_M_V, SPLIT_Z_V, SPLIT_W, SPLIT_M_S, SPLIT_Z_S = (
+    tl.constexpr(slot) for slot in range(7))
+(ROW_COUNTED, ROW_M_U, ROW_M_V, ROW_M_S, ROW_W_Q, ROW_W_P, ROW_W_CE, ROW_T_SHIFT, ROW_Y_POS,
+ ROW_Y_REST, ROW_G_Y) = (tl.constexpr(slot) for slot in range(11))
 
 
 # ---- Loading ---------------------------------------------------------------------------------
@@ -581,13 +586,13 @@ def _merge_splits(loss_ptr, parts_ptr, student_ptr, teacher_ptr, target_ptr, gra
     parts = records[:, None] + tl.arange(0, S_PAD)[None, :] * SPLIT_RECORD
     has = tl.arange(0, S_PAD)[None, :] < splits
     m_u, z_u, m_v, z_v, w, m_s, z_s = _row_sums(
-        tl.load(parts + 0, mask=has, other=-1e30, cache_modifier=".cg"),
-        tl.load(parts + 1, mask=has, other=0.0, cache_modifier=".cg"),
-        tl.load(parts + 2, mask=has, other=-1e30, cache_modifier=".cg"),
-        tl.load(parts + 3, mask=has, other=0.0, cache_modifier=".cg"),
-        tl.load(parts + 4, mask=has, other=0.0, cache_modifier=".cg"),
-        tl.load(parts + 5, mask=has, other=-1e30, cache_modifier=".cg"),
-        tl.load(parts + 6, mask=has, other=0.0, cache_modifier=".cg"))
+        tl.load(parts + SPLIT_M_U, mask=has, other=-1e30, cache_modifier=".cg"),
+        tl.load(parts + SPLIT_Z_U, mask=has, other=0.0, cache_modifier=".cg"),
+        tl.load(parts + SPLIT_M_V, mask=has, other=-1e30, cache_modifier=".cg"),
+        tl.load(parts + SPLIT_Z_V, mask=has, other=0.0, cache_modifier=".cg"),
+        tl.load(parts + SPLIT_W, mask=has, other=0.0, cache_modifier=".cg"),
+        tl.load(parts + SPLIT_M_S, mask=has, other=-1e30, cache_modifier=".cg"),
+        tl.load(parts + SPLIT_Z_S, mask=has, other=0.0, cache_modifier=".cg"))
     slot = tl.arange(0, S_PAD * K_PAD)[None, :]
     has = slot // K_PAD < splits
     cells = records[:, None] + (slot // K_PAD) * SPLIT_RECORD + STATS + slot % K_PAD
@@ -600,17 +605,17 @@ def _merge_splits(loss_ptr, parts_ptr, student_ptr, teacher_ptr, target_ptr, gra
         adw_offset, ignore_index, rows, rows_in, row_ok, shift, s_row, t_row, c2, m_u, z_u,
         m_v, z_v, w, m_s, z_s, win_g, HAS_TARGET, RANK_BY_TEACHER, STUDENT_GRAD, TEACHER_GRAD,
         SCALE_GRAD, ROWS, VEC, K_PAD, VECTOR, T_POW)
-    tl.store(row_record + 0, counted.to(tl.float32))
-    tl.store(row_record + 1, m_u)
-    tl.store(row_record + 2, m_v)
-    tl.store(row_record + 3, m_s)
-    tl.store(row_record + 4, w_q)
-    tl.store(row_record + 5, w_p)
-    tl.store(row_record + 6, w_ce)
-    tl.store(row_record + 7, t_shift)
-    tl.store(row_record + 8, y_p.to(tl.int32).to(tl.float32, bitcast=True))
-    tl.store(row_record + 9, y_rest.to(tl.float32))
-    tl.store(row_record + 10, g_y)
+    tl.store(row_record + ROW_COUNTED, counted.to(tl.float32))
+    tl.store(row_record + ROW_M_U, m_u)
+    tl.store(row_record + ROW_M_V, m_v)
+    tl.store(row_record + ROW_M_S, m_s)
+    tl.store(row_record + ROW_W_Q, w_q)
+    tl.store(row_record + ROW_W_P, w_p)
+    tl.store(row_record + ROW_W_CE, w_ce)
+    tl.store(row_record + ROW_T_SHIFT, t_shift)
+    tl.store(row_record + ROW_Y_POS, y_p.to(tl.int32).to(tl.float32, bitcast=True))
+    tl.store(row_record + ROW_Y_REST, y_rest.to(tl.float32))
+    tl.store(row_record + ROW_G_Y, g_y)
     cells = (row_record + ROW_WORDS)[:, None] + tl.arange(0, K_PAD)[None, :]
     tl.store(cells, top_c.to(tl.float32, bitcast=True))
     tl.store(cells + K_PAD, g_top_s)
@@ -823,13 +828,13 @@ def _ldrld_fused_kernel(
             # The split's record; in phase 1 the last of the row's programs to finish merges
             # them all (phase 3 leaves that to the caller: ``triton_parallel``).
             record = records + split * SPLIT_RECORD
-            tl.store(record + 0, m_u)
-            tl.store(record + 1, z_u)
-            tl.store(record + 2, m_v)
-            tl.store(record + 3, z_v)
-            tl.store(record + 4, w)
-            tl.store(record + 5, m_s)
-            tl.store(record + 6, z_s)
+            tl.store(record + SPLIT_M_U, m_u)
+            tl.store(record + SPLIT_Z_U, z_u)
+            tl.store(record + SPLIT_M_V, m_v)
+            tl.store(record + SPLIT_Z_V, z_v)
+            tl.store(record + SPLIT_W, w)
+            tl.store(record + SPLIT_M_S, m_s)
+            tl.store(record + SPLIT_Z_S, z_s)
             tl.store((record + STATS)[:, None] + ranks, win_g.to(tl.float32, bitcast=True))
         if SPLIT_PHASE == 1:
             # every thread's stores are issued, then one release-acquire ticket per program
@@ -847,17 +852,17 @@ def _ldrld_fused_kernel(
                 tl.store(ticket_ptr, 0)  # ready for the next wave
     else:
         # ---- The row's values, from the record of the program that merged its splits ----
-        counted = tl.load(row_record + 0) != 0.0
-        m_u = tl.load(row_record + 1)
-        m_v = tl.load(row_record + 2)
-        m_s = tl.load(row_record + 3)
-        w_q = tl.load(row_record + 4)
-        w_p = tl.load(row_record + 5)
-        w_ce = tl.load(row_record + 6)
-        t_shift = tl.load(row_record + 7)
-        y_p = tl.load(row_record + 8).to(tl.int32, bitcast=True)
-        y_rest = tl.load(row_record + 9) != 0.0
-        g_y = tl.load(row_record + 10)
+        counted = tl.load(row_record + ROW_COUNTED) != 0.0
+        m_u = tl.load(row_record + ROW_M_U)
+        m_v = tl.load(row_record + ROW_M_V)
+        m_s = tl.load(row_record + ROW_M_S)
+        w_q = tl.load(row_record + ROW_W_Q)
+        w_p = tl.load(row_record + ROW_W_P)
+        w_ce = tl.load(row_record + ROW_W_CE)
+        t_shift = tl.load(row_record + ROW_T_SHIFT)
+        y_p = tl.load(row_record + ROW_Y_POS).to(tl.int32, bitcast=True)
+        y_rest = tl.load(row_record + ROW_Y_REST) != 0.0
+        g_y = tl.load(row_record + ROW_G_Y)
         cells = (row_record + ROW_WORDS)[:, None] + ranks
         top_c = tl.load(cells).to(tl.int32, bitcast=True)
         g_top_s = tl.load(cells + K_PAD)

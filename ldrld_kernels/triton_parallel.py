@@ -38,7 +38,20 @@ from ldrld_kernels.torch_path import local_term
 from ldrld_kernels.triton_common import LN2, LOG2E, allocate_outputs
 from ldrld_kernels.triton_fused import (
     NO_GROUP,
+    ROW_COUNTED,
+    ROW_G_Y,
+    ROW_M_S,
+    ROW_M_U,
+    ROW_M_V,
+    ROW_T_SHIFT,
+    ROW_W_CE,
+    ROW_W_P,
+    ROW_W_Q,
     ROW_WORDS,
+    ROW_Y_POS,
+    ROW_Y_REST,
+    SPLIT_M_U,
+    SPLIT_Z_S,
     STATS,
     _chunk_bounds,
     _ldrld_fused_kernel,
@@ -114,7 +127,8 @@ def ldrld_rows(
                          S_PAD=triton.next_power_of_2(splits))
         _ldrld_fused_kernel[grid](SPLIT_PHASE=3, **arguments)
         records = work[:, :splits * record].view(rows, splits, record)
-        m_u, z_u, m_v, z_v, w, m_s, z_s = records[:, :, :7].to(f64).unbind(dim=2)
+        m_u, z_u, m_v, z_v, w, m_s, z_s = (
+            records[:, :, SPLIT_M_U.value:SPLIT_Z_S.value + 1].to(f64).unbind(dim=2))
         groups = records[:, :, STATS.value:].contiguous().view(torch.int32).reshape(rows, -1)
         vec = launch.vec
         shift = torch.zeros(rows, dtype=torch.long, device=device)
@@ -224,12 +238,12 @@ def ldrld_rows(
     y_rest = y_held & ~(top_global == target[:, None]).any(dim=1) if target is not None \
         else y_held
     row = work[:, splits * record:]
-    for column, value in enumerate((counted, m_u, m_v, m_s, w_q, w_p, w_ce,
-                                    LN2_ * (lz_u - lz_v) - kl_rest)):
-        row[:, column] = value
-    row[:, 8] = (y_local + shift).to(torch.int32).view(torch.float32)
-    row[:, 9] = y_rest
-    row[:, 10] = g_y
+    for slot, value in ((ROW_COUNTED, counted), (ROW_M_U, m_u), (ROW_M_V, m_v),
+                        (ROW_M_S, m_s), (ROW_W_Q, w_q), (ROW_W_P, w_p), (ROW_W_CE, w_ce),
+                        (ROW_T_SHIFT, LN2_ * (lz_u - lz_v) - kl_rest),
+                        (ROW_Y_POS, (y_local + shift).to(torch.int32).view(torch.float32)),
+                        (ROW_Y_REST, y_rest), (ROW_G_Y, g_y)):
+        row[:, slot.value] = value
     top_c = torch.full((rows, k_pad), width, dtype=torch.int32, device=device)
     top_c[:, :k] = torch.where(top_held, top_local, width)
     cells = row[:, ROW_WORDS.value:]
