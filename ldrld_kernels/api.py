@@ -38,8 +38,10 @@ class _LDRLDFunction(torch.autograd.Function):
     without a host sync)."""
 
     @staticmethod
-    def forward(ctx, student, teacher, target, config, backend, reduction, mean_scale, shard):
-        need_s, need_t = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+    def forward(ctx, student, teacher, target, config, backend, reduction, mean_scale, shard,
+                grad_enabled):
+        # (needs_input_grad says True under torch.no_grad() too: the caller's grad mode)
+        need_s, need_t = (grad_enabled and need for need in ctx.needs_input_grad[:2])
         if backend == "triton" and shard is None:
             from ldrld_kernels import ops
 
@@ -75,9 +77,18 @@ class _LDRLDFunction(torch.autograd.Function):
 
                     ops.scale_(grad, scale)
                 else:
-                    grad.mul_(scale)
+                    _scale(grad, scale)
             grads.append(grad)
-        return *grads, None, None, None, None, None, None
+        return *grads, None, None, None, None, None, None, None
+
+
+def _scale(grad: torch.Tensor, scale: torch.Tensor) -> None:
+    """``grad *= scale`` in place, the product taken in float32 for 16-bit gradients (a float16
+    cast of the scale would overflow at GradScaler's 65,536)."""
+    if grad.element_size() < 4:
+        grad.copy_(grad.float() * scale)
+    else:
+        grad.mul_(scale)
 
 
 def _mean_scale(target: torch.Tensor | None, rows: int, ignore_index: int,
@@ -184,7 +195,7 @@ def _loss(student_logits, teacher_logits, target, config: LossConfig, reduction:
         mean_scale = _mean_scale(flat_target, student_2d.shape[0], config.ignore_index, dtype,
                                  student_2d.device)
     loss, parts = _LDRLDFunction.apply(student_2d, teacher_2d, flat_target, config, backend,
-                                       reduction, mean_scale, shard)
+                                       reduction, mean_scale, shard, torch.is_grad_enabled())
     if reduction == "none":
         loss, parts = loss.reshape(lead), parts.reshape(*lead, 3)
     if not return_parts:

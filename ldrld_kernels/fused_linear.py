@@ -29,7 +29,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from ldrld_kernels import parallel
-from ldrld_kernels.api import LDRLDOutput, _mean_scale, _reduce
+from ldrld_kernels.api import LDRLDOutput, _mean_scale, _reduce, _scale
 from ldrld_kernels.backends import resolve_backend, rows_function
 from ldrld_kernels.config import LossConfig
 from ldrld_kernels.validation import check_options, check_target_values, validate
@@ -79,11 +79,25 @@ class _Linear:
         if self.grad_bias is not None:
             self.grad_bias += grad_logits.sum(dim=0, dtype=self.grad_bias.dtype)
 
-    def grads(self) -> tuple[torch.Tensor | None, ...]:
-        """(hidden, weight, bias) gradients in their inputs' dtypes."""
-        return (self.grad_hidden,
-                None if self.grad_weight is None else self.grad_weight.to(self.weight.dtype),
-                None if self.grad_bias is None else self.grad_bias.to(self.bias.dtype))
+    def buffers(self) -> tuple[torch.Tensor | None, ...]:
+        """The (hidden, weight, bias) gradients as accumulated (hidden in its dtype, the
+        others in float32 or float64)."""
+        return self.grad_hidden, self.grad_weight, self.grad_bias
+
+    def dtypes(self) -> tuple[torch.dtype | None, ...]:
+        return (self.hidden.dtype, self.weight.dtype,
+                None if self.bias is None else self.bias.dtype)
+
+
+def _finish(buffers, dtypes, scale: torch.Tensor | None = None) -> list[torch.Tensor | None]:
+    """The gradients in their inputs' dtypes, times ``scale`` (the upstream gradient, 0-d) in
+    float32 at least: a float16 cast of GradScaler's 65,536 would overflow."""
+    grads = []
+    for buffer, dtype in zip(buffers, dtypes, strict=True):
+        if buffer is not None and scale is not None:
+            _scale(buffer, scale)
+        grads.append(None if buffer is None else buffer.to(dtype))
+    return grads
 
 
 def _run_chunks(student: _Linear, teacher: _Linear, target: torch.Tensor | None,
@@ -104,10 +118,16 @@ def _run_chunks(student: _Linear, teacher: _Linear, target: torch.Tensor | None,
         parts.append(row_parts)
         for model, grad in ((student, grad_s), (teacher, grad_t)):
             if grad is not None:
-                if row_weights is not None:
-                    grad = grad * row_weights[chunk, None].to(grad.dtype)
+                if row_weights is not None:  # (the product in float32 at least)
+                    wide = torch.promote_types(grad.dtype, torch.float32)
+                    grad = (grad.to(wide) * row_weights[chunk, None]).to(grad.dtype)
                 model.accumulate(chunk, grad)
         del grad_s, grad_t  # (the chunk's logits went with the call)
+    if not losses:  # no rows
+        dtype = torch.float64 if torch.float64 in (student.hidden.dtype, teacher.hidden.dtype) \
+            else torch.float32
+        return (student.hidden.new_zeros(0, dtype=dtype),
+                student.hidden.new_zeros(0, 3, dtype=dtype))
     return torch.cat(losses), torch.cat(parts)
 
 
@@ -117,9 +137,10 @@ class _FusedLinearFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, h_s, w_s, b_s, h_t, w_t, b_t, target, config, backend, reduction,
-                mean_scale, chunk_rows, shard, reduce_hidden_grad):
+                mean_scale, chunk_rows, shard, reduce_hidden_grad, grad_enabled):
         rows_fn = rows_function(backend, shard)
-        needs = ctx.needs_input_grad
+        # (needs_input_grad says True under torch.no_grad() too: the caller's grad mode)
+        needs = ctx.needs = tuple(grad_enabled and need for need in ctx.needs_input_grad)
         student = _Linear(h_s, w_s, b_s, needs[0:3])
         teacher = _Linear(h_t, w_t, b_t, needs[3:6])
         per_row = reduction == "none"
@@ -133,7 +154,8 @@ class _FusedLinearFunction(torch.autograd.Function):
             ctx.rerun = (config, rows_fn, chunk_rows, shard, reduce_hidden_grad)
             return loss, parts
         _reduce_hidden_grads((student, teacher), shard, reduce_hidden_grad)
-        ctx.save_for_backward(*student.grads(), *teacher.grads())
+        ctx.save_for_backward(*student.buffers(), *teacher.buffers())
+        ctx.dtypes = (*student.dtypes(), *teacher.dtypes())
         return loss, parts
 
     @staticmethod
@@ -145,19 +167,19 @@ class _FusedLinearFunction(torch.autograd.Function):
                 "(retain_graph=True); compute the loss again instead")
         ctx.backward_done = True
         if not ctx.per_row:
-            grads = [None if grad is None else grad.mul_(grad_loss.to(grad.dtype))
-                     for grad in ctx.saved_tensors]
+            grads = _finish(ctx.saved_tensors, ctx.dtypes, grad_loss)
         else:
             h_s, w_s, b_s, h_t, w_t, b_t, target = ctx.saved_tensors
             config, rows_fn, chunk_rows, shard, reduce_hidden_grad = ctx.rerun
-            needs = ctx.needs_input_grad
-            student = _Linear(h_s, w_s, b_s, needs[0:3])
-            teacher = _Linear(h_t, w_t, b_t, needs[3:6])
-            _run_chunks(student, teacher, target, config, rows_fn, chunk_rows, True, None,
-                        row_weights=grad_loss)
+            student = _Linear(h_s, w_s, b_s, ctx.needs[0:3])
+            teacher = _Linear(h_t, w_t, b_t, ctx.needs[3:6])
+            with torch.autocast(h_s.device.type, enabled=False):
+                _run_chunks(student, teacher, target, config, rows_fn, chunk_rows, True, None,
+                            row_weights=grad_loss)
             _reduce_hidden_grads((student, teacher), shard, reduce_hidden_grad)
-            grads = [*student.grads(), *teacher.grads()]
-        return (*grads, None, None, None, None, None, None, None, None)
+            grads = _finish((*student.buffers(), *teacher.buffers()),
+                            (*student.dtypes(), *teacher.dtypes()))
+        return (*grads, None, None, None, None, None, None, None, None, None)
 
 
 def _reduce_hidden_grads(models, shard: parallel.Shard | None, reduce: bool) -> None:
@@ -274,6 +296,16 @@ def ldrld_fused_linear_loss(
                                        teacher_out.hidden_states[-1], teacher.lm_head.weight,
                                        labels, ignore_index=-100)
     """
+    if isinstance(student_hidden, torch.Tensor) and \
+            torch.is_autocast_enabled(student_hidden.device.type):
+        # as F.linear under autocast: float32 inputs in the autocast dtype (the casts are
+        # differentiable, so float32 weights get float32 gradients)
+        dtype = torch.get_autocast_dtype(student_hidden.device.type)
+        (student_hidden, student_weight, student_bias, teacher_hidden, teacher_weight,
+         teacher_bias) = (
+            x.to(dtype) if isinstance(x, torch.Tensor) and x.dtype == torch.float32 else x
+            for x in (student_hidden, student_weight, student_bias, teacher_hidden,
+                      teacher_weight, teacher_bias))
     _check_linear("student", student_hidden, student_weight, student_bias)
     _check_linear("teacher", teacher_hidden, teacher_weight, teacher_bias)
     _check_pair(student_hidden, student_weight, teacher_hidden, teacher_weight, chunk_rows)
@@ -310,9 +342,11 @@ def ldrld_fused_linear_loss(
                                      teacher_grad, student_hidden.device)
     h_s = student_hidden.reshape(rows, student_hidden.shape[-1])
     h_t = teacher_hidden.reshape(rows, teacher_hidden.shape[-1])
-    loss, parts = _FusedLinearFunction.apply(
-        h_s, student_weight, student_bias, h_t, teacher_weight, teacher_bias, flat_target,
-        config, backend, reduction, mean_scale, chunk_rows, shard, reduce_hidden_grad)
+    with torch.autocast(h_s.device.type, enabled=False):  # (inputs cast above)
+        loss, parts = _FusedLinearFunction.apply(
+            h_s, student_weight, student_bias, h_t, teacher_weight, teacher_bias, flat_target,
+            config, backend, reduction, mean_scale, chunk_rows, shard, reduce_hidden_grad,
+            torch.is_grad_enabled())
     if reduction == "none":
         loss, parts = loss.reshape(lead), parts.reshape(*lead, 3)
     if not return_parts:

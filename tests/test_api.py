@@ -1,5 +1,7 @@
 """The public surface: exports, return_parts, the module, dtypes, autograd behaviour."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -90,3 +92,34 @@ def test_zero_rows():
     student, teacher = torch.randn(0, 20), torch.randn(0, 20)
     assert lk.ldrld_loss(student, teacher).item() == 0.0
     assert lk.ldrld_loss(student, teacher, reduction="none").shape == (0,)
+
+
+def test_no_gradients_computed_without_grad_mode(monkeypatch):
+    from ldrld_kernels import backends
+
+    asked = []
+    exact = backends.BACKENDS["torch"].rows
+
+    def rows(*args):
+        asked.append(args[4:6])
+        return exact(*args)
+
+    monkeypatch.setitem(backends.BACKENDS, "torch",
+                        dataclasses.replace(backends.BACKENDS["torch"], rows=rows))
+    student, teacher = random_logits(3, 20)
+    student.requires_grad_()
+    with torch.no_grad():
+        lk.ldrld_loss(student, teacher, backend="torch")
+    lk.ldrld_loss(student, teacher, backend="torch")
+    assert asked == [(False, False), (True, False)]
+
+
+def test_half_gradients_scaled_in_float32():
+    """GradScaler's 65,536 overflows float16; the gradient times it does not."""
+    student, teacher = random_logits(4, 50, dtype=torch.float16)
+    student.requires_grad_()
+    loss = lk.ldrld_loss(student, teacher, backend="torch")
+    (grad,) = torch.autograd.grad(loss * 65536.0, student)
+    (unit,) = torch.autograd.grad(lk.ldrld_loss(student, teacher, backend="torch"), student)
+    assert grad.isfinite().all()
+    torch.testing.assert_close(grad.float(), (unit.float() * 65536.0).half().float())

@@ -173,3 +173,50 @@ def test_peak_memory_is_4x_lower_at_4096_x_512_x_32000():
     if None in peaks:
         pytest.skip("this PyTorch's profiler gives no memory timeline")
     assert peaks[0] >= 4 * peaks[1], peaks
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_no_rows(reduction):
+    tensors, _ = _inputs(lead=(0, 5))
+    out = _fused(tensors, torch.zeros(0, 5, dtype=torch.long), reduction=reduction,
+                 backend="torch")
+    assert out.loss.shape == ((0, 5) if reduction == "none" else ())
+    out.loss.sum().backward()
+    assert float(tensors["student_weight"].grad.abs().sum()) == 0.0
+
+
+def test_float16_with_a_grad_scaler_sized_upstream_gradient():
+    """65,536 (GradScaler's first scale) is past float16's range: the product must not be
+    taken in float16."""
+    tensors, target = _inputs(dtype=torch.float16, seed=8)
+    leaves = [tensors["student_hidden"], tensors["student_weight"]]
+    for reduction in ("mean", "none"):
+        grads = []
+        for loss_fn, extra in ((_fused, {"chunk_rows": 4}), (_materialized, {})):
+            loss = loss_fn(tensors, target, reduction=reduction, backend="torch", **extra).loss
+            grads.append(torch.autograd.grad(loss.mean() * 65536.0, leaves))
+        for got, want in zip(*grads, strict=True):
+            assert want.isfinite().all() and got.isfinite().all()
+            torch.testing.assert_close(got.float(), want.float(), rtol=2e-2, atol=2e-2 * float(
+                want.float().abs().max()))
+
+
+def test_autocast_casts_float32_inputs():
+    tensors, target = _inputs(dtype=torch.float32, seed=9)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = _fused(tensors, target, chunk_rows=4, backend="torch").loss
+        expected = _materialized(tensors, target, backend="torch").loss
+    loss.backward()
+    assert tensors["student_weight"].grad.dtype == torch.float32  # through the cast
+    torch.testing.assert_close(loss, expected.float(), rtol=2e-2, atol=2e-2)
+
+
+def test_no_gradients_computed_without_grad_mode(monkeypatch):
+    calls = []
+    monkeypatch.setattr(fused_linear._Linear, "accumulate", lambda *args: calls.append(args))
+    tensors, target = _inputs(teacher_grad=True)
+    with torch.no_grad():
+        _fused(tensors, target, chunk_rows=4, backend="torch")
+    assert calls == []
+    _fused(tensors, target, chunk_rows=4, backend="torch")
+    assert calls  # (the counting works)
