@@ -132,6 +132,16 @@ def ldrld_loss(
 ) -> torch.Tensor | LDRLDOutput:
     """LDRLD knowledge-distillation loss (Xu et al., ICCV 2025).
 
+    Per row, with u = s / T and v = t / T for the student's and the teacher's logits s, t,
+    pi the top-k classes by ``rank_by``'s logits and R the other C - k classes:
+
+        local = T^2 (sum_{i<j<=k} w_ij KL(sm(v_pi_i, v_pi_j) || sm(u_pi_i, u_pi_j))
+                     + KL(sm(v_pi) || sm(u_pi))) / (k(k-1)/2 + 1)
+        rntk  = T^2 KL(sm(v_R) || sm(u_R))
+        row   = ce_weight CE(s, y) + alpha local + beta rntk
+
+    (sm the softmax, w_ij the pair weights of ``adw_weights``), reduced over the rows.
+
     Args:
         student_logits: ``(..., C)`` float32, float16 or bfloat16 (float64 on the PyTorch
             path); any strides.
@@ -158,6 +168,14 @@ def ldrld_loss(
 
     Returns:
         The loss, float32 (float64 for float64 inputs), or an ``LDRLDOutput``.
+
+    Example::
+
+        student_logits = student(images)                      # (batch, C)
+        with torch.no_grad():
+            teacher_logits = teacher(images)
+        loss = ldrld_loss(student_logits, teacher_logits, labels, alpha=10.5, beta=7.0)
+        loss.backward()
     """
     config = LossConfig(k=k, temperature=temperature, alpha=alpha, beta=beta,
                         ce_weight=ce_weight, adw_scale=adw_scale, adw_decay=adw_decay,
