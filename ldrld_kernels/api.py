@@ -184,42 +184,69 @@ def ldrld_loss(
                  return_parts, process_group)
 
 
-def _loss(student_logits, teacher_logits, target, config: LossConfig, reduction: str,
-          backend: str, return_parts: bool, process_group) -> torch.Tensor | LDRLDOutput:
-    """``ldrld_loss`` with its settings in a (validated) ``LossConfig``."""
+class _Call(NamedTuple):
+    """What a call needs beyond its tensors and settings, from ``prepare``."""
+
+    backend: str  # the one that runs
+    shard: parallel.Shard | None
+    target: torch.Tensor | None  # flat
+    mean_scale: torch.Tensor | None  # "mean": 1 / the counted rows, on the device
+
+
+def prepare(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+            target: torch.Tensor | None, config: LossConfig, reduction: str, backend: str,
+            process_group) -> _Call:
+    """Validate a call on ``(..., C)`` logits (or stand-ins of their shape, dtype and device),
+    agree with the other ranks of ``process_group``, choose the backend, and the mean's
+    scale: shared by ``ldrld_loss`` and ``fused_linear``."""
     validate(student_logits, teacher_logits, target, k=config.k, reduction=reduction,
              backend=backend,
              vocab_slice=process_group is not None)  # (then shard_of checks k against C)
+    rows = math.prod(student_logits.shape[:-1])
     shard = None
     if process_group is not None:
         # one small all-gather, which also checks that the ranks agree
-        shard = parallel.shard_of(student_logits, process_group,
-                                  math.prod(student_logits.shape[:-1]), config.k,
+        shard = parallel.shard_of(student_logits, process_group, rows, config.k,
                                   config.temperature, target is not None)
     backend = resolve_backend(backend, student_logits, teacher_logits)
-    lead, num_classes = student_logits.shape[:-1], student_logits.shape[-1]
     flat_target = None
     if target is not None:
         flat_target = target.reshape(-1)
-        check_target_values(flat_target, num_classes if shard is None else shard.num_classes,
-                            config.ignore_index)
-    # (the row count spelled out: a rank's slice of the classes may be empty)
-    student_2d = student_logits.reshape(math.prod(lead), num_classes)
-    teacher_2d = teacher_logits.reshape(math.prod(lead), num_classes)
+        check_target_values(flat_target, student_logits.shape[-1] if shard is None
+                            else shard.num_classes, config.ignore_index)
     mean_scale = None
     if reduction == "mean":
-        dtype = torch.float64 if torch.float64 in (student_2d.dtype, teacher_2d.dtype) \
+        dtype = torch.float64 if torch.float64 in (student_logits.dtype, teacher_logits.dtype) \
             else torch.float32
-        mean_scale = _mean_scale(flat_target, student_2d.shape[0], config.ignore_index, dtype,
-                                 student_2d.device)
-    loss, parts = _LDRLDFunction.apply(student_2d, teacher_2d, flat_target, config, backend,
-                                       reduction, mean_scale, shard, torch.is_grad_enabled())
+        mean_scale = _mean_scale(flat_target, rows, config.ignore_index, dtype,
+                                 student_logits.device)
+    return _Call(backend, shard, flat_target, mean_scale)
+
+
+def output(loss: torch.Tensor, parts: torch.Tensor, lead: torch.Size, reduction: str,
+           return_parts: bool) -> torch.Tensor | LDRLDOutput:
+    """The reduced loss (per row in the leading shape for "none"), with its parts if asked."""
     if reduction == "none":
         loss, parts = loss.reshape(lead), parts.reshape(*lead, 3)
     if not return_parts:
         return loss
     ce, local, rntk = parts.unbind(dim=-1)
     return LDRLDOutput(loss, ce, local, rntk)
+
+
+def _loss(student_logits, teacher_logits, target, config: LossConfig, reduction: str,
+          backend: str, return_parts: bool, process_group) -> torch.Tensor | LDRLDOutput:
+    """``ldrld_loss`` with its settings in a (validated) ``LossConfig``."""
+    call = prepare(student_logits, teacher_logits, target, config, reduction, backend,
+                   process_group)
+    lead, num_classes = student_logits.shape[:-1], student_logits.shape[-1]
+    # (the row count spelled out: a rank's slice of the classes may be empty)
+    student_2d = student_logits.reshape(math.prod(lead), num_classes)
+    teacher_2d = teacher_logits.reshape(math.prod(lead), num_classes)
+    loss, parts = _LDRLDFunction.apply(student_2d, teacher_2d, call.target, config,
+                                       call.backend, reduction, call.mean_scale, call.shard,
+                                       torch.is_grad_enabled())
+    return output(loss, parts, lead, reduction, return_parts)
 
 
 class LDRLDLoss(torch.nn.Module):

@@ -4,11 +4,17 @@ construction), and carries them to the backends and the custom op."""
 
 from __future__ import annotations
 
-import numbers
 from dataclasses import dataclass, fields
 from typing import Literal
 
-from ldrld_kernels.validation import MAX_K, RANK_BY, check_choice, check_k, check_real
+from ldrld_kernels.validation import (
+    MAX_K,
+    RANK_BY,
+    check_choice,
+    check_int,
+    check_k,
+    check_real,
+)
 
 
 @dataclass(frozen=True)
@@ -28,8 +34,7 @@ class LossConfig:
     ignore_index: int = -100
 
     def __post_init__(self) -> None:
-        if isinstance(self.k, bool) or not isinstance(self.k, numbers.Integral):
-            raise TypeError(f"ldrld_loss: k must be an int, got k={self.k!r}")
+        check_int("k", self.k)
         check_k(self.k, None)
         if self.k > MAX_K:
             raise ValueError(f"ldrld_loss: k must be <= {MAX_K}, got k={self.k}")
@@ -37,10 +42,7 @@ class LossConfig:
         for name in ("alpha", "beta", "ce_weight", "adw_scale", "adw_decay", "adw_offset"):
             check_real(name, getattr(self, name))
         check_choice("rank_by", self.rank_by, RANK_BY)
-        if isinstance(self.ignore_index, bool) or not isinstance(self.ignore_index,
-                                                                 numbers.Integral):
-            raise TypeError(f"ldrld_loss: ignore_index must be an int, got "
-                            f"ignore_index={self.ignore_index!r}")
+        check_int("ignore_index", self.ignore_index)
         for field in fields(self):  # plain Python numbers (e.g. from numpy or a tensor's item)
             value = getattr(self, field.name)
             if field.type in ("int", "float"):

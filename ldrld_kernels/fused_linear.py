@@ -29,10 +29,10 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from ldrld_kernels import parallel
-from ldrld_kernels.api import LDRLDOutput, _mean_scale, _reduce, _scale
-from ldrld_kernels.backends import resolve_backend, rows_function
+from ldrld_kernels.api import LDRLDOutput, _reduce, _scale, output, prepare
+from ldrld_kernels.backends import rows_function
 from ldrld_kernels.config import LossConfig
-from ldrld_kernels.validation import check_options, check_target_values, validate
+from ldrld_kernels.validation import check_options
 
 # ``chunk_rows="auto"``: one chunk's logits and their gradients take at most this many bytes
 CHUNK_BYTES = {"cuda": 1 << 30, "cpu": 256 << 20}
@@ -318,23 +318,7 @@ def ldrld_fused_linear_loss(
     config = LossConfig(k=k, temperature=temperature, alpha=alpha, beta=beta,
                         ce_weight=ce_weight, adw_scale=adw_scale, adw_decay=adw_decay,
                         adw_offset=adw_offset, rank_by=rank_by, ignore_index=ignore_index)
-    validate(logits_s, logits_t, target, k=config.k, reduction=reduction, backend=backend,
-             vocab_slice=process_group is not None)
-    shard = None
-    if process_group is not None:
-        shard = parallel.shard_of(logits_s, process_group, rows, k, temperature,
-                                  target is not None)
-    backend = resolve_backend(backend, logits_s, logits_t)
-    flat_target = None
-    if target is not None:
-        flat_target = target.reshape(-1)
-        check_target_values(flat_target, num_classes if shard is None else shard.num_classes,
-                            ignore_index)
-    f64 = torch.float64 in (student_hidden.dtype, teacher_hidden.dtype)
-    mean_scale = None
-    if reduction == "mean":
-        mean_scale = _mean_scale(flat_target, rows, ignore_index,
-                                 torch.float64 if f64 else torch.float32, student_hidden.device)
+    call = prepare(logits_s, logits_t, target, config, reduction, backend, process_group)
     teacher_grad = torch.is_grad_enabled() and any(
         x is not None and x.requires_grad for x in (teacher_hidden, teacher_weight, teacher_bias))
     if chunk_rows == "auto":
@@ -344,15 +328,10 @@ def ldrld_fused_linear_loss(
     h_t = teacher_hidden.reshape(rows, teacher_hidden.shape[-1])
     with torch.autocast(h_s.device.type, enabled=False):  # (inputs cast above)
         loss, parts = _FusedLinearFunction.apply(
-            h_s, student_weight, student_bias, h_t, teacher_weight, teacher_bias, flat_target,
-            config, backend, reduction, mean_scale, chunk_rows, shard, reduce_hidden_grad,
-            torch.is_grad_enabled())
-    if reduction == "none":
-        loss, parts = loss.reshape(lead), parts.reshape(*lead, 3)
-    if not return_parts:
-        return loss
-    ce, local, rntk = parts.unbind(dim=-1)
-    return LDRLDOutput(loss, ce, local, rntk)
+            h_s, student_weight, student_bias, h_t, teacher_weight, teacher_bias, call.target,
+            config, call.backend, reduction, call.mean_scale, chunk_rows, call.shard,
+            reduce_hidden_grad, torch.is_grad_enabled())
+    return output(loss, parts, lead, reduction, return_parts)
 
 
 class LDRLDFusedLinearLoss(torch.nn.Module):

@@ -1030,7 +1030,6 @@ def ldrld_rows(
                                   teacher.element_size(), hardware_of(student.device))
     arguments = kernel_arguments(student, teacher, target, config, row_loss, parts, grad_s,
                                  grad_t, grad_scale, launch)
-    k_pad = arguments["K_PAD"]
     if not launch.split_chunks:
         _ldrld_fused_kernel[(triton.cdiv(rows, launch.rows),)](
             row0=0, splits=1, split_chunks=0, work_ptr=row_loss, SPLIT_PHASE=0, S_PAD=1,
@@ -1039,18 +1038,27 @@ def ldrld_rows(
 
     # Wide rows: each wave of rows, statistics then gradients; a wave's logits stay in L2
     # between the two launches.
+    arguments = split_arguments(arguments, launch, num_classes, student.device)
+    for row0 in range(0, rows, launch.wave_rows):
+        grid = (min(launch.wave_rows, rows - row0), arguments["splits"])
+        for phase in (1, 2):
+            _ldrld_fused_kernel[grid](row0=row0, SPLIT_PHASE=phase, **arguments)
+    return row_loss, parts, grad_s, grad_t
+
+
+def split_arguments(arguments: dict, launch: FusedLaunch, num_classes: int,
+                    device: torch.device) -> dict:
+    """``arguments`` with the wide rows' own (but ``row0`` and ``SPLIT_PHASE``): rows of
+    ``num_classes`` in splits of ``launch.split_chunks`` chunks, and the workspace of a wave
+    of ``launch.wave_rows`` rows (the records described above STATS)."""
     chunks = _chunk_bounds(num_classes, launch.lanes, launch.vec, arguments["SHIFTED"])[2]
     splits = triton.cdiv(chunks, launch.split_chunks)
+    k_pad = arguments["K_PAD"]
     # (zeros: the tickets start at 0, and the program that merges a row resets its ticket)
     work = torch.zeros(launch.wave_rows, splits * (STATS + k_pad) + ROW_WORDS + 3 * k_pad,
-                       dtype=torch.float32, device=student.device)
-    for row0 in range(0, rows, launch.wave_rows):
-        grid = (min(launch.wave_rows, rows - row0), splits)
-        for phase in (1, 2):
-            _ldrld_fused_kernel[grid](
-                row0=row0, splits=splits, split_chunks=launch.split_chunks, work_ptr=work,
-                SPLIT_PHASE=phase, S_PAD=triton.next_power_of_2(splits), **arguments)
-    return row_loss, parts, grad_s, grad_t
+                       dtype=torch.float32, device=device)
+    return {**arguments, "splits": splits, "split_chunks": launch.split_chunks,
+            "work_ptr": work, "S_PAD": triton.next_power_of_2(splits)}
 
 
 def _chunk_bounds(classes: int, lanes: int, vec: int, shifted: bool) -> tuple[int, int, int]:

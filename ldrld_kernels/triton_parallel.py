@@ -28,12 +28,11 @@ import math
 
 import torch
 import torch.distributed as dist
-import triton
 
 from ldrld_kernels import parallel
 from ldrld_kernels.config import LossConfig
 from ldrld_kernels.hardware import hardware_of
-from ldrld_kernels.policy import FusedLaunch, split_launch
+from ldrld_kernels.policy import split_launch
 from ldrld_kernels.torch_path import local_term
 from ldrld_kernels.triton_common import LN2, LOG2E, allocate_outputs
 from ldrld_kernels.triton_fused import (
@@ -53,10 +52,10 @@ from ldrld_kernels.triton_fused import (
     SPLIT_M_U,
     SPLIT_Z_S,
     STATS,
-    _chunk_bounds,
     _ldrld_fused_kernel,
     integer_temperature,
     kernel_arguments,
+    split_arguments,
 )
 
 LN2_, LOG2E_ = LN2.value, LOG2E.value
@@ -92,12 +91,9 @@ def ldrld_rows(
     need_teacher_grad: bool,
     grad_scale: torch.Tensor | None,
     shard: parallel.Shard,
-    *,
-    launch: FusedLaunch | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """``triton_fused.ldrld_rows`` on this rank's slice of the classes (``shard``): every
-    rank gets the same row losses and parts and the gradients of its slice. ``launch``
-    overrides ``policy.split_launch`` (tests)."""
+    rank gets the same row losses and parts and the gradients of its slice."""
     rows, width = student.shape
     row_loss, parts, grad_s, grad_t = allocate_outputs(student, teacher, need_student_grad,
                                                        need_teacher_grad)
@@ -108,24 +104,18 @@ def ldrld_rows(
     f64 = torch.float64
     # the kernel's log2(e) / T, rounded to float32 as there
     c2 = float(torch.tensor(LOG2E_, dtype=torch.float32) / torch.tensor(T, dtype=torch.float32))
-    k_pad = triton.next_power_of_2(k)
-    record = STATS.value + k_pad
 
     # ---- 1. Each split's sums and k best groups --------------------------------------------
     if width:
-        launch = launch or split_launch(rows, width, student.element_size(),
-                                        teacher.element_size(), hardware_of(device),
-                                        wave_rows=rows)
-        arguments = kernel_arguments(student, teacher, target, config, row_loss, parts,
-                                     grad_s, grad_t, grad_scale, launch)
-        chunks = _chunk_bounds(width, launch.lanes, launch.vec, arguments["SHIFTED"])[2]
-        splits = triton.cdiv(chunks, launch.split_chunks)
-        work = torch.zeros(rows, splits * record + ROW_WORDS.value + 3 * k_pad,
-                           dtype=torch.float32, device=device)
+        launch = split_launch(rows, width, student.element_size(), teacher.element_size(),
+                              hardware_of(device), wave_rows=rows)
+        arguments = split_arguments(
+            kernel_arguments(student, teacher, target, config, row_loss, parts, grad_s,
+                             grad_t, grad_scale, launch), launch, width, device)
+        splits, work, k_pad = arguments["splits"], arguments["work_ptr"], arguments["K_PAD"]
+        record = STATS.value + k_pad
         grid = (rows, splits)
-        arguments.update(row0=0, splits=splits, split_chunks=launch.split_chunks, work_ptr=work,
-                         S_PAD=triton.next_power_of_2(splits))
-        _ldrld_fused_kernel[grid](SPLIT_PHASE=3, **arguments)
+        _ldrld_fused_kernel[grid](row0=0, SPLIT_PHASE=3, **arguments)
         records = work[:, :splits * record].view(rows, splits, record)
         m_u, z_u, m_v, z_v, w, m_s, z_s = (
             records[:, :, SPLIT_M_U.value:SPLIT_Z_S.value + 1].to(f64).unbind(dim=2))
@@ -221,22 +211,21 @@ def ldrld_rows(
     g_y = torch.zeros_like(w_q)
     top_local = top_global - shard.offset
     top_held = (top_local >= 0) & (top_local < width)
-    g_top_s = torch.zeros_like(s_top)
-    if grad_s is not None:
-        g_top_s = config.alpha * T / config.num_groups * scale * grad_top_s
+    local_w = config.alpha * T / config.num_groups * scale
+    g_top_s = torch.zeros_like(s_top) if grad_top_s is None else local_w * grad_top_s
+    g_top_t = torch.zeros_like(t_top) if grad_top_t is None else local_w * grad_top_t
+    y_rest = y_held
     if target is not None:
+        top_is_y = top_global == target[:, None]
+        y_rest = y_held & ~top_is_y.any(dim=1)
         t_pow = integer_temperature(T)
         w_ce = ce_w / z_s if t_pow == 0 else ce_w * torch.exp2(t_pow * m_u - m_s) / z_s
         g_top_s = g_top_s + ce_w * (torch.exp2(s_top * LOG2E_ - m_s[:, None]) / z_s[:, None]
-                                    - (top_global == target[:, None]).to(f64))
+                                    - top_is_y.to(f64))
         g_y = (w_q * torch.exp2(s_y * c2 - m_u) - w_p * torch.exp2(t_y * c2 - m_v)
                + ce_w * (torch.exp2(s_y * LOG2E_ - m_s) / z_s - 1.0))
     else:
         m_s = torch.zeros_like(m_s)
-    g_top_t = torch.zeros_like(t_top) if grad_top_t is None else \
-        config.alpha * T / config.num_groups * scale * grad_top_t
-    y_rest = y_held & ~(top_global == target[:, None]).any(dim=1) if target is not None \
-        else y_held
     row = work[:, splits * record:]
     for slot, value in ((ROW_COUNTED, counted), (ROW_M_U, m_u), (ROW_M_V, m_v),
                         (ROW_M_S, m_s), (ROW_W_Q, w_q), (ROW_W_P, w_p), (ROW_W_CE, w_ce),
@@ -251,5 +240,5 @@ def ldrld_rows(
     keep = counted[:, None]
     cells[:, k_pad:k_pad + k] = torch.where(keep, g_top_s, 0.0)
     cells[:, 2 * k_pad:2 * k_pad + k] = torch.where(keep, g_top_t, 0.0)
-    _ldrld_fused_kernel[grid](SPLIT_PHASE=2, **arguments)
+    _ldrld_fused_kernel[grid](row0=0, SPLIT_PHASE=2, **arguments)
     return row_loss, parts, grad_s, grad_t

@@ -37,6 +37,11 @@ def check_real(name: str, value: object, positive: bool = False) -> None:
         raise ValueError(f"ldrld_loss: {name} must be > 0, got {name}={value!r}")
 
 
+def check_int(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"ldrld_loss: {name} must be an int, got {name}={value!r}")
+
+
 def check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ValueError(f"ldrld_loss: {name} must be one of {choices}, got {name}={value!r}")
