@@ -54,6 +54,7 @@ class _LDRLDFunction(torch.autograd.Function):
                 student, teacher, target, config, need_s, need_t, mean_scale)
         loss, parts = _reduce(row_loss, parts, reduction, mean_scale)
         ctx.save_for_backward(grad_s, grad_t)
+        ctx.dtypes = (student.dtype, teacher.dtype)
         ctx.backend, ctx.per_row = backend, reduction == "none"
         ctx.backward_done = False
         ctx.mark_non_differentiable(parts)
@@ -70,14 +71,17 @@ class _LDRLDFunction(torch.autograd.Function):
         ctx.backward_done = True
         scale = grad_loss[:, None] if ctx.per_row else grad_loss
         grads = []
-        for grad in ctx.saved_tensors:
-            if grad is not None:
-                if ctx.backend == "triton" and scale.dim() == 0:
-                    from ldrld_kernels import ops
+        for grad, dtype in zip(ctx.saved_tensors, ctx.dtypes, strict=True):
+            if grad is None:
+                pass
+            elif grad.dtype != dtype:  # float16 logits: the float32 gradient, scaled, cast
+                grad = scaled_cast(grad, scale, dtype)
+            elif ctx.backend == "triton" and scale.dim() == 0:
+                from ldrld_kernels import ops
 
-                    ops.scale_(grad, scale)
-                else:
-                    _scale(grad, scale)
+                ops.scale_(grad, scale)
+            else:
+                _scale(grad, scale)
             grads.append(grad)
         return *grads, None, None, None, None, None, None, None
 
@@ -89,6 +93,12 @@ def _scale(grad: torch.Tensor, scale: torch.Tensor) -> None:
         grad.copy_(grad.float() * scale)
     else:
         grad.mul_(scale)
+
+
+def scaled_cast(grad: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``grad * scale`` in ``grad``'s (wider) dtype, stored as ``dtype``: one pass, read and
+    write, and the float16 result rounded once, from the product."""
+    return torch.mul(grad, scale, out=torch.empty(grad.shape, dtype=dtype, device=grad.device))
 
 
 def _mean_scale(target: torch.Tensor | None, rows: int, ignore_index: int,

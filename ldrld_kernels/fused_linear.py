@@ -71,11 +71,12 @@ class _Linear:
         return F.linear(self.hidden[rows], self.weight, self.bias)
 
     def accumulate(self, rows: slice, grad_logits: torch.Tensor) -> None:
-        """The chunk's share of each gradient, from d loss / d logits of its rows."""
+        """The chunk's share of each gradient, from d loss / d logits of its rows (in the
+        logits' dtype)."""
         if self.grad_hidden is not None:
             torch.mm(grad_logits, self.weight, out=self.grad_hidden[rows])
         if self.grad_weight is not None:
-            self.grad_weight += grad_logits.t().mm(self.hidden[rows])
+            _add_product(self.grad_weight, grad_logits.t(), self.hidden[rows])
         if self.grad_bias is not None:
             self.grad_bias += grad_logits.sum(dim=0, dtype=self.grad_bias.dtype)
 
@@ -87,6 +88,18 @@ class _Linear:
     def dtypes(self) -> tuple[torch.dtype | None, ...]:
         return (self.hidden.dtype, self.weight.dtype,
                 None if self.bias is None else self.bias.dtype)
+
+
+def _add_product(total: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+    """``total += a @ b`` with the products summed in ``total``'s dtype (float32 for 16-bit
+    ``a`` and ``b``), not rounded to theirs first: cuBLAS's float32-output matmul where
+    PyTorch has it (``addmm``'s ``out_dtype``, CUDA), else ``a`` and ``b`` cast."""
+    if a.dtype == total.dtype:
+        total.addmm_(a, b)
+    elif total.is_cuda and hasattr(torch.ops.aten.addmm, "dtype"):
+        total.copy_(torch.addmm(total, a, b, out_dtype=total.dtype))
+    else:
+        total.addmm_(a.to(total.dtype), b.to(total.dtype))
 
 
 def _finish(buffers, dtypes, scale: torch.Tensor | None = None) -> list[torch.Tensor | None]:
@@ -104,8 +117,8 @@ def _run_chunks(student: _Linear, teacher: _Linear, target: torch.Tensor | None,
                 config: LossConfig, rows_fn, chunk_rows: int, grads: bool,
                 grad_scale: torch.Tensor | None, row_weights: torch.Tensor | None = None):
     """Every chunk: logits, row losses, and (with ``grads``) the gradients accumulated, each
-    row's multiplied by ``grad_scale`` (0-d) or ``row_weights`` (per row). Returns the row
-    losses and parts."""
+    row's multiplied by ``grad_scale`` (0-d) and ``row_weights`` (per row) in float32 at
+    least before they take the logits' dtype. Returns the row losses and parts."""
     rows = student.hidden.shape[0]
     losses, parts = [], []
     for start in range(0, rows, chunk_rows):
@@ -120,8 +133,8 @@ def _run_chunks(student: _Linear, teacher: _Linear, target: torch.Tensor | None,
             if grad is not None:
                 if row_weights is not None:  # (the product in float32 at least)
                     wide = torch.promote_types(grad.dtype, torch.float32)
-                    grad = (grad.to(wide) * row_weights[chunk, None]).to(grad.dtype)
-                model.accumulate(chunk, grad)
+                    grad = grad.to(wide) * row_weights[chunk, None]
+                model.accumulate(chunk, grad.to(model.hidden.dtype))
         del grad_s, grad_t  # (the chunk's logits went with the call)
     if not losses:  # no rows
         dtype = torch.float64 if torch.float64 in (student.hidden.dtype, teacher.hidden.dtype) \
@@ -133,7 +146,10 @@ def _run_chunks(student: _Linear, teacher: _Linear, target: torch.Tensor | None,
 
 class _FusedLinearFunction(torch.autograd.Function):
     """The reduced loss of 2-D hidden states; gradients computed in the forward pass and
-    scaled in backward (recomputed there for ``reduction="none"``)."""
+    scaled in backward, or computed there when the upstream gradient must come first: for
+    ``reduction="none"`` (a vector) and for float16 (whose range cannot hold d loss / d logit
+    before GradScaler's factor arrives: the factor goes into the row kernels, which compute
+    in float32, and the chunks' float16 gradients are rounded once, after it)."""
 
     @staticmethod
     def forward(ctx, h_s, w_s, b_s, h_t, w_t, b_t, target, config, backend, reduction,
@@ -144,14 +160,15 @@ class _FusedLinearFunction(torch.autograd.Function):
         student = _Linear(h_s, w_s, b_s, needs[0:3])
         teacher = _Linear(h_t, w_t, b_t, needs[3:6])
         per_row = reduction == "none"
+        rerun = per_row or torch.float16 in (h_s.dtype, h_t.dtype)
         row_loss, parts = _run_chunks(student, teacher, target, config, rows_fn, chunk_rows,
-                                      not per_row, mean_scale)
+                                      not rerun, mean_scale)
         loss, parts = _reduce(row_loss, parts, reduction, mean_scale)
         ctx.mark_non_differentiable(parts)
-        ctx.per_row, ctx.backward_done = per_row, False
-        if per_row:
-            ctx.save_for_backward(h_s, w_s, b_s, h_t, w_t, b_t, target)
-            ctx.rerun = (config, rows_fn, chunk_rows, shard, reduce_hidden_grad)
+        ctx.per_row, ctx.rerun, ctx.backward_done = per_row, rerun, False
+        if rerun:
+            ctx.save_for_backward(h_s, w_s, b_s, h_t, w_t, b_t, target, mean_scale)
+            ctx.settings = (config, rows_fn, chunk_rows, shard, reduce_hidden_grad)
             return loss, parts
         _reduce_hidden_grads((student, teacher), shard, reduce_hidden_grad)
         ctx.save_for_backward(*student.buffers(), *teacher.buffers())
@@ -166,16 +183,18 @@ class _FusedLinearFunction(torch.autograd.Function):
                 "ldrld_fused_linear_loss: backward ran twice through the same graph "
                 "(retain_graph=True); compute the loss again instead")
         ctx.backward_done = True
-        if not ctx.per_row:
+        if not ctx.rerun:
             grads = _finish(ctx.saved_tensors, ctx.dtypes, grad_loss)
         else:
-            h_s, w_s, b_s, h_t, w_t, b_t, target = ctx.saved_tensors
-            config, rows_fn, chunk_rows, shard, reduce_hidden_grad = ctx.rerun
+            h_s, w_s, b_s, h_t, w_t, b_t, target, mean_scale = ctx.saved_tensors
+            config, rows_fn, chunk_rows, shard, reduce_hidden_grad = ctx.settings
             student = _Linear(h_s, w_s, b_s, ctx.needs[0:3])
             teacher = _Linear(h_t, w_t, b_t, ctx.needs[3:6])
+            scale = None if ctx.per_row else grad_loss if mean_scale is None \
+                else grad_loss * mean_scale  # (0-d, float32 at least)
             with torch.autocast(h_s.device.type, enabled=False):
-                _run_chunks(student, teacher, target, config, rows_fn, chunk_rows, True, None,
-                            row_weights=grad_loss)
+                _run_chunks(student, teacher, target, config, rows_fn, chunk_rows, True, scale,
+                            row_weights=grad_loss if ctx.per_row else None)
             _reduce_hidden_grads((student, teacher), shard, reduce_hidden_grad)
             grads = _finish((*student.buffers(), *teacher.buffers()),
                             (*student.dtypes(), *teacher.dtypes()))

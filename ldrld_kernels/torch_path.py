@@ -27,6 +27,15 @@ from ldrld_kernels.adw import adw_weights
 from ldrld_kernels.config import LossConfig
 
 
+def gradient_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype every rows function stores a gradient of ``dtype`` logits in: float32 for
+    float16, whose range cannot hold d loss / d logit before the upstream gradient arrives
+    ((q - p) / N underflows below float16's smallest subnormal; the caller multiplies by the
+    upstream gradient, then casts, as PyTorch's autocast cross-entropy does); else ``dtype``.
+    """
+    return torch.float32 if dtype == torch.float16 else dtype
+
+
 @functools.lru_cache(maxsize=64)
 def _pair_weights(k, adw_scale, adw_decay, adw_offset, dtype, device) -> torch.Tensor:
     """``adw_weights``, built once per setting (no host-to-device copy per call)."""
@@ -121,11 +130,11 @@ def ldrld_rows(
     Returns ``(row_loss, parts, student_grad, teacher_grad)``: the row losses (rows,), the
     unweighted ``(ce, local, rntk)`` of each row (rows, 3), and the gradients of the row loss
     with respect to each input, times ``grad_scale`` (a 0-d tensor, e.g. 1 / rows for a mean)
-    when given, in the input's dtype, or None where not asked for. Rows whose target is
-    ``ignore_index`` get zeros everywhere. Computes in float64 when either input is float64,
-    else in float32. With a ``shard``, the logits are this rank's slice of the classes, and
-    the row statistics are combined across ranks (``parallel``): every rank gets the same row
-    losses and the gradients of its slice.
+    when given, in ``gradient_dtype`` of the input's dtype, or None where not asked for. Rows
+    whose target is ``ignore_index`` get zeros everywhere. Computes in float64 when either
+    input is float64, else in float32. With a ``shard``, the logits are this rank's slice of
+    the classes, and the row statistics are combined across ranks (``parallel``): every rank
+    gets the same row losses and the gradients of its slice.
     """
     dtype = torch.promote_types(torch.promote_types(student.dtype, teacher.dtype), torch.float32)
     rows = student.shape[0]
@@ -195,7 +204,7 @@ def ldrld_rows(
         grad.scatter_add_(1, top, local_scale * grad_top)
         if counted is not None:
             grad = torch.where(counted[:, None], grad, 0.0)
-        return grad[:, :like.shape[1]].to(like.dtype)
+        return grad[:, :like.shape[1]].to(gradient_dtype(like.dtype))
 
     student_grad = teacher_grad = None
     if need_student_grad:

@@ -20,6 +20,8 @@ import triton
 import triton.language as tl
 from triton.language.extra import libdevice
 
+from ldrld_kernels.torch_path import gradient_dtype
+
 LN2 = tl.constexpr(0.6931471805599453)
 LOG2E = tl.constexpr(1.4426950408889634)
 # The interpreter has no libdevice: it takes the precise log2 where compiled code takes the
@@ -149,13 +151,12 @@ def scale_in_place(grad: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
 
 def allocate_outputs(student: torch.Tensor, teacher: torch.Tensor, need_student_grad: bool,
                      need_teacher_grad: bool):
-    """Row losses (float32), per-row parts (float32) and contiguous gradient buffers in the
-    inputs' dtypes (None where not asked for)."""
+    """Row losses (float32), per-row parts (float32) and contiguous gradient buffers in
+    ``gradient_dtype`` of the inputs' dtypes (None where not asked for)."""
     rows = student.shape[0]
     row_loss = student.new_empty(rows, dtype=torch.float32)
     parts = student.new_empty(rows, 3, dtype=torch.float32)
-    grad_s = torch.empty_like(student, memory_format=torch.contiguous_format) \
-        if need_student_grad else None
-    grad_t = torch.empty_like(teacher, memory_format=torch.contiguous_format) \
-        if need_teacher_grad else None
+    grad_s, grad_t = (x.new_empty(x.shape, dtype=gradient_dtype(x.dtype)) if need else None
+                      for x, need in ((student, need_student_grad),
+                                      (teacher, need_teacher_grad)))
     return row_loss, parts, grad_s, grad_t

@@ -117,3 +117,32 @@ def wide_rows(max_fused: int = 64, l2_bytes: int = 16384) -> Iterator[None]:
         yield
     finally:
         policy.MAX_FUSED, hardware.INTERPRETER = saved
+
+
+HALF_BAR = 1e-3  # relative L1 error of a float16 gradient under GradScaler's factor
+
+
+def half_gradient_problems(loss_of, student: torch.Tensor, teacher: torch.Tensor,
+                           reduction: str, backend: str) -> list[str]:
+    """What is wrong with float16 gradients under GradScaler: ``loss_of(student, teacher,
+    backend)`` is differentiated times 65,536 ("mean") or 65,536 / rows ("sum", so that the
+    product stays finite), on ``student`` and ``teacher`` in float16 (both get gradients)
+    with ``backend`` and on their float64 copies with the PyTorch path. Each float16 gradient
+    must be within ``HALF_BAR`` (relative L1) of the float64 one times the factor, and have
+    no more zeros than that product rounded to float16."""
+    factor = 65536.0 if reduction == "mean" else 65536.0 / student.shape[0]
+    grads = []
+    for dtype, run_on in ((torch.float16, backend), (torch.float64, "torch")):
+        s, t = (x.half().to(dtype).detach().requires_grad_() for x in (student, teacher))
+        (loss_of(s, t, run_on) * factor).backward()
+        grads.append((s.grad, t.grad))
+    problems = []
+    for name, half, wide in zip(("student", "teacher"), *grads, strict=True):
+        assert half.dtype == torch.float16 and half.device == student.device
+        half, wide = half.cpu().double(), wide.cpu()
+        error = float((half - wide).abs().sum() / wide.abs().sum())
+        zeros, wanted_zeros = int((half == 0).sum()), int((wide.half() == 0).sum())
+        if not error <= HALF_BAR or zeros > wanted_zeros:
+            problems.append(f"{name} gradient: relative L1 error {error:.3g} (bar "
+                            f"{HALF_BAR:g}), {zeros} zeros (float64 rounded: {wanted_zeros})")
+    return problems

@@ -7,7 +7,7 @@ import torch
 
 import ldrld_kernels as lk
 from ldrld_kernels import reference
-from tests.helpers import random_logits, random_target
+from tests.helpers import half_gradient_problems, random_logits, random_target
 
 
 def test_public_surface():
@@ -114,12 +114,15 @@ def test_no_gradients_computed_without_grad_mode(monkeypatch):
     assert asked == [(False, False), (True, False)]
 
 
-def test_half_gradients_scaled_in_float32():
-    """GradScaler's 65,536 overflows float16; the gradient times it does not."""
-    student, teacher = random_logits(4, 50, dtype=torch.float16)
-    student.requires_grad_()
-    loss = lk.ldrld_loss(student, teacher, backend="torch")
-    (grad,) = torch.autograd.grad(loss * 65536.0, student)
-    (unit,) = torch.autograd.grad(lk.ldrld_loss(student, teacher, backend="torch"), student)
-    assert grad.isfinite().all()
-    torch.testing.assert_close(grad.float(), (unit.float() * 65536.0).half().float())
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_half_gradients_under_grad_scaler(reduction):
+    """An ImageNet-to-LLM-sized float16 step (2048 x 32,000, logits of scale 2): stored as
+    (q - p) / N in float16 before the upstream gradient arrived, 22% (student) and 40%
+    (teacher) relative L1 error and 35M zeros for "mean"; 20k zeros for "sum"."""
+    student, teacher = random_logits(2048, 32000, dtype=torch.float16, scale=2.0)
+    target = random_target(2048, num_classes=32000)
+
+    def loss_of(s, t, backend):
+        return lk.ldrld_loss(s, t, target, reduction=reduction, backend=backend)
+
+    assert half_gradient_problems(loss_of, student, teacher, reduction, "torch") == []

@@ -1,5 +1,6 @@
-"""``ldrld_fused_linear_loss`` against ``ldrld_loss`` on the materialized logits, with autograd
-through the matmuls."""
+"""``ldrld_fused_linear_loss`` against the group-by-group ``reference`` on the materialized
+logits in float64 (an independent check: it shares no code with the row functions), with
+autograd through the matmuls."""
 
 import functools
 
@@ -7,7 +8,7 @@ import pytest
 import torch
 
 import ldrld_kernels as lk
-from ldrld_kernels import bench, fused_linear
+from ldrld_kernels import bench, fused_linear, reference
 from tests.helpers import DEVICE
 
 TOLERANCE = {torch.float64: 1e-12, torch.float32: 2e-5}
@@ -34,14 +35,15 @@ def _inputs(lead=(3, 5), hidden=(8, 12), classes=40, dtype=torch.float64, teache
     return tensors, target
 
 
-def _materialized(tensors, target, **options):
+def _materialized(tensors, target, backend=None, **options):
+    """The reference's loss of the logits, in float64 (differentiable to the inputs)."""
     logits = []
     for who in ("student", "teacher"):
-        x = tensors[f"{who}_hidden"] @ tensors[f"{who}_weight"].T
+        x = tensors[f"{who}_hidden"].double() @ tensors[f"{who}_weight"].double().T
         if tensors[f"{who}_bias"] is not None:
-            x = x + tensors[f"{who}_bias"]
+            x = x + tensors[f"{who}_bias"].double()
         logits.append(x)
-    return lk.ldrld_loss(*logits, target, return_parts=True, **options)
+    return reference.ldrld_loss(*logits, target, return_parts=True, **options)
 
 
 def _fused(tensors, target, **options):
@@ -199,6 +201,55 @@ def test_float16_with_a_grad_scaler_sized_upstream_gradient():
             assert want.isfinite().all() and got.isfinite().all()
             torch.testing.assert_close(got.float(), want.float(), rtol=2e-2, atol=2e-2 * float(
                 want.float().abs().max()))
+
+
+def _autocast_materialized(tensors, target, **options):
+    """What PyTorch's autocast does with a float16 output layer and a float32 loss: float16
+    logits, the loss of them in float32, so that d loss / d logits comes back in float16,
+    rounded once, after the upstream factor."""
+    logits = [torch.nn.functional.linear(tensors[f"{who}_hidden"], tensors[f"{who}_weight"],
+                                         tensors[f"{who}_bias"]).float()
+              for who in ("student", "teacher")]
+    return reference.ldrld_loss(*logits, target, return_parts=True, **options)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_float16_gradients_under_grad_scaler(reduction):
+    """float16 hidden states and layers, (loss * 65,536).backward() ("sum": 65,536 / rows):
+    each gradient as close to the float64 one times the factor as PyTorch's own float16 path
+    gets (``_autocast_materialized``: 1.1e-3 to 1.9e-3 relative L1 here, the float16 matmuls'
+    rounding), within 5%. Scaled by 1 / N before the factor arrived (the old code) the error
+    was 1.5e-3 to 3.1e-3 ("mean")."""
+    tensors, target = _inputs(lead=(2048,), hidden=(16, 16), classes=2048, dtype=torch.float16,
+                              teacher_grad=True, seed=10)
+    target[target == -100] = 3  # (every row counts: N = 2048)
+    factor = 65536.0 if reduction == "mean" else 65536.0 / 2048
+    leaves = [x for x in tensors.values() if x is not None]
+    grads = [torch.autograd.grad(loss_fn(tensors, target, reduction=reduction, **extra).loss
+                                 * factor, leaves)
+             for loss_fn, extra in ((_fused, {"chunk_rows": 700, "backend": "torch"}),
+                                    (_autocast_materialized, {}), (_materialized, {}))]
+    for name, ours, pytorch, exact in zip(tensors, *grads, strict=True):
+        assert ours.dtype == torch.float16, name
+        exact = exact.double()
+        errors = [float((g.double() - exact).abs().sum() / exact.abs().sum())
+                  for g in (ours, pytorch)]
+        assert errors[0] <= 1.05 * errors[1], (name, errors)
+
+
+def test_weight_gradient_accumulates_in_float32():
+    """Each chunk's d/dW = g^T h summed in float32, not rounded to bfloat16 first."""
+    generator = torch.Generator().manual_seed(11)
+    hidden, weight = (torch.randn(*shape, generator=generator).bfloat16()
+                      for shape in ((64, 32), (50, 32)))
+    linear = fused_linear._Linear(hidden, weight, None, (False, True, False))
+    grads = torch.randn(64, 50, generator=generator).bfloat16()
+    for start in range(0, 64, 8):
+        linear.accumulate(slice(start, start + 8), grads[start:start + 8])
+    exact = grads.double().T @ hidden.double()
+    assert linear.grad_weight.dtype == torch.float32
+    # (bfloat16 chunks were off by up to 2^-9 of a chunk's products: about 1e-3 here)
+    torch.testing.assert_close(linear.grad_weight.double(), exact, rtol=1e-5, atol=1e-5)
 
 
 def test_autocast_casts_float32_inputs():

@@ -19,7 +19,7 @@ import torch.multiprocessing as mp
 
 import ldrld_kernels as lk
 from ldrld_kernels import parallel
-from tests.helpers import run_python
+from tests.helpers import half_gradient_problems, run_python
 
 TOLERANCE = {torch.float64: 1e-12, torch.float32: 1e-6}
 
@@ -136,6 +136,20 @@ def _cases(rank: int, world: int, failures: list[str], backend: str) -> None:
                 failures.append(f"disagreeing {name}: {error}")
 
 
+def _half_case(rank: int, world: int, failures: list[str], backend: str) -> None:
+    """float16 gradients under GradScaler's factor, against the float64 call."""
+    student, teacher = _logits(16, 1200, torch.float64, seed=9)
+    here = _slices([1200 // world + (i < 1200 % world) for i in range(world)], rank)
+    target = torch.arange(16) * 70
+
+    def loss_of(s, t, run_on):
+        return lk.ldrld_loss(s, t, target, backend=run_on, process_group=dist.group.WORLD)
+
+    for problem in half_gradient_problems(loss_of, student[:, here], teacher[:, here], "mean",
+                                          backend):
+        failures.append(f"{backend} float16: {problem}")
+
+
 def _fused_linear_case(rank: int, world: int, failures: list[str], backend: str) -> None:
     """``ldrld_fused_linear_loss`` with each rank's rows of the output layers: the loss, the
     hidden states' gradient (summed over the ranks) and each rank's rows of the weights' and
@@ -229,6 +243,7 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
             _cases(rank, world, failures, backend)
             _device_check_cases(rank, world, failures, backend)
             _fused_linear_case(rank, world, failures, backend)
+            _half_case(rank, world, failures, backend)
         if world == 2:
             _ddp_step(rank, failures)
     finally:

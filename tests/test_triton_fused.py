@@ -17,6 +17,7 @@ from tests.helpers import (
     GOLDEN_IDS,
     assert_matches,
     check_golden,
+    half_gradient_problems,
     launch_matches,
     random_logits,
     random_target,
@@ -219,3 +220,18 @@ def test_packed_and_strided_reads_agree():
                                       target.to(DEVICE), config, True, False)
     for a, b in zip(contiguous[:3], strided[:3], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_half_gradients_under_grad_scaler(reduction):
+    # stored as (q - p) / N in float16 before the upstream gradient arrived: 14 zeros where
+    # the float64 gradient rounded to float16 has none, in each gradient ("sum": 2)
+    student, teacher = random_logits(16, 2048, dtype=torch.float16, scale=2.0)
+    target = random_target(16, num_classes=2048)
+
+    def loss_of(s, t, backend):
+        return lk.ldrld_loss(s.to(DEVICE), t.to(DEVICE), target.to(DEVICE),
+                             reduction=reduction, backend=backend)
+
+    assert half_gradient_problems(loss_of, student.to(DEVICE), teacher.to(DEVICE), reduction,
+                                  "triton") == []

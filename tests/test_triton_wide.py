@@ -18,6 +18,7 @@ from ldrld_kernels.config import LossConfig
 from tests.helpers import (
     DEVICE,
     assert_matches,
+    half_gradient_problems,
     launch_matches,
     random_logits,
     random_target,
@@ -181,3 +182,17 @@ def test_more_than_2_31_elements_on_gpu():
     torch.testing.assert_close(parts[sampled], expected_parts, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(grad[sampled].float(), expected_grad.float(), rtol=1.6e-2,
                                atol=1e-4)
+
+
+def test_half_gradients_under_grad_scaler():
+    # stored as (q - p) / N in float16 before the upstream gradient arrived: zeros where the
+    # float64 gradient rounded to float16 has none
+    student, teacher = random_logits(4, 1100, dtype=torch.float16, scale=3.0, seed=9)
+    target = random_target(4, num_classes=1100)
+
+    def loss_of(s, t, backend):
+        return lk.ldrld_loss(s, t, target.to(DEVICE), backend=backend)
+
+    with wide_rows(max_fused=256, l2_bytes=8192):
+        assert half_gradient_problems(loss_of, student.to(DEVICE), teacher.to(DEVICE),
+                                      "mean", "triton") == []
