@@ -69,7 +69,7 @@ import triton
 import triton.language as tl
 
 from ldrld_kernels.config import LossConfig
-from ldrld_kernels.hardware import hardware_of
+from ldrld_kernels.hardware import hardware_of, on_device
 from ldrld_kernels.policy import FusedLaunch, launch_for
 from ldrld_kernels.triton_common import (
     LN2,
@@ -1021,29 +1021,31 @@ def ldrld_rows(
     """Same contract as ``torch_path.ldrld_rows``: row losses (float32), per-row parts and
     the gradients of the row losses (times ``grad_scale``) in the inputs' dtypes. One launch
     up to ``policy.MAX_FUSED`` classes; ``launch`` overrides the policy's configuration."""
-    rows, num_classes = student.shape
-    row_loss, parts, grad_s, grad_t = allocate_outputs(student, teacher, need_student_grad,
-                                                       need_teacher_grad)
-    if rows == 0:
-        return row_loss, parts, grad_s, grad_t
-    launch = launch or launch_for(rows, num_classes, student.element_size(),
-                                  teacher.element_size(), hardware_of(student.device))
-    arguments = kernel_arguments(student, teacher, target, config, row_loss, parts, grad_s,
-                                 grad_t, grad_scale, launch)
-    if not launch.split_chunks:
-        _ldrld_fused_kernel[(triton.cdiv(rows, launch.rows),)](
-            row0=0, splits=1, split_chunks=0, work_ptr=row_loss, SPLIT_PHASE=0, S_PAD=1,
-            **arguments)
-        return row_loss, parts, grad_s, grad_t
+    # the launches on the logits' device, and its current stream (hardware.on_device)
+    with on_device(student.device):
+        rows, num_classes = student.shape
+        row_loss, parts, grad_s, grad_t = allocate_outputs(student, teacher, need_student_grad,
+                                                           need_teacher_grad)
+        if rows == 0:
+            return row_loss, parts, grad_s, grad_t
+        launch = launch or launch_for(rows, num_classes, student.element_size(),
+                                      teacher.element_size(), hardware_of(student.device))
+        arguments = kernel_arguments(student, teacher, target, config, row_loss, parts, grad_s,
+                                     grad_t, grad_scale, launch)
+        if not launch.split_chunks:
+            _ldrld_fused_kernel[(triton.cdiv(rows, launch.rows),)](
+                row0=0, splits=1, split_chunks=0, work_ptr=row_loss, SPLIT_PHASE=0, S_PAD=1,
+                **arguments)
+            return row_loss, parts, grad_s, grad_t
 
-    # Wide rows: each wave of rows, statistics then gradients; a wave's logits stay in L2
-    # between the two launches.
-    arguments = split_arguments(arguments, launch, num_classes, student.device)
-    for row0 in range(0, rows, launch.wave_rows):
-        grid = (min(launch.wave_rows, rows - row0), arguments["splits"])
-        for phase in (1, 2):
-            _ldrld_fused_kernel[grid](row0=row0, SPLIT_PHASE=phase, **arguments)
-    return row_loss, parts, grad_s, grad_t
+        # Wide rows: each wave of rows, statistics then gradients; a wave's logits stay in L2
+        # between the two launches.
+        arguments = split_arguments(arguments, launch, num_classes, student.device)
+        for row0 in range(0, rows, launch.wave_rows):
+            grid = (min(launch.wave_rows, rows - row0), arguments["splits"])
+            for phase in (1, 2):
+                _ldrld_fused_kernel[grid](row0=row0, SPLIT_PHASE=phase, **arguments)
+        return row_loss, parts, grad_s, grad_t
 
 
 def split_arguments(arguments: dict, launch: FusedLaunch, num_classes: int,
