@@ -944,15 +944,16 @@ def _row_align(tensor: torch.Tensor, vec: int) -> int:
     return align
 
 
-def _alignment(tensors: list[torch.Tensor], vec: int) -> tuple[int, bool]:
-    """(ROW_ALIGN, SHIFTED): rows that start on 16-byte boundaries need nothing; otherwise,
-    when every row (inputs and gradients) has the same stride, contiguous classes and a
-    16-byte aligned base, positions are shifted per row so that chunks are aligned."""
+def _alignment(tensors: list[torch.Tensor], vec: int) -> tuple[int, bool, bool]:
+    """(ROW_ALIGN, SHIFTED, VECTOR) of the inputs and gradients. VECTOR: every tensor has
+    contiguous classes and a 16-byte aligned base (a view with a storage offset may not), and
+    every row starts on a 16-byte boundary, as it is or once its positions are shifted
+    (SHIFTED, when every row has the same stride): then groups of VEC classes are aligned
+    16-byte blocks, which the masked chunks read and write whole (``_load_chunk``)."""
     align = min(_row_align(tensor, vec) for tensor in tensors)
-    shifted = (align < vec and len({tensor.stride(0) for tensor in tensors}) == 1
-               and all(tensor.stride(1) == 1 and tensor.data_ptr() % 16 == 0
-                       for tensor in tensors))
-    return align, shifted
+    based = all(tensor.stride(1) == 1 and tensor.data_ptr() % 16 == 0 for tensor in tensors)
+    shifted = align < vec and len({tensor.stride(0) for tensor in tensors}) == 1 and based
+    return align, shifted, based and (shifted or align == vec)
 
 
 def _packed(tensor: torch.Tensor, vec: int, shifted: bool) -> bool:
@@ -976,7 +977,7 @@ def kernel_arguments(student: torch.Tensor, teacher: torch.Tensor, target: torch
     ``row0``, ``splits``, ``split_chunks``, ``work_ptr``, ``SPLIT_PHASE`` and ``S_PAD``)."""
     rows, num_classes = student.shape
     grads = [grad for grad in (grad_s, grad_t) if grad is not None]
-    row_align, shifted = _alignment([student, teacher, *grads], launch.vec)
+    row_align, shifted, vector = _alignment([student, teacher, *grads], launch.vec)
     k_pad = triton.next_power_of_2(config.k)
     return dict(  # noqa: C408 (the kernel's argument names)
         loss_ptr=row_loss, parts_ptr=parts,
@@ -997,9 +998,7 @@ def kernel_arguments(student: torch.Tensor, teacher: torch.Tensor, target: torch
         STUDENT_GRAD=grad_s is not None, TEACHER_GRAD=grad_t is not None,
         SCALE_GRAD=grad_scale is not None,
         ROWS=launch.rows, LANES=launch.lanes, VEC=launch.vec, KPL=launch.candidates,
-        K_PAD=k_pad, ROW_ALIGN=row_align, SHIFTED=shifted,
-        VECTOR=shifted or (row_align == launch.vec and all(
-            tensor.stride(1) == 1 for tensor in (student, teacher))),
+        K_PAD=k_pad, ROW_ALIGN=row_align, SHIFTED=shifted, VECTOR=vector,
         S_PACKED=_packed(student, launch.vec, shifted),
         T_PACKED=_packed(teacher, launch.vec, shifted),
         T_POW=integer_temperature(config.temperature),
