@@ -11,6 +11,7 @@ parts, student gradient, teacher gradient), the gradients computed in the forwar
 from __future__ import annotations
 
 import functools
+import importlib.util
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -57,6 +58,10 @@ def _triton_unavailable(device: torch.device,
     if device.type != "cuda" and not (device.type == "cpu" and interpreting):
         return ValueError(f"ldrld_loss: backend='triton' needs CUDA tensors (got device="
                           f"{device}); on CPU it runs only under TRITON_INTERPRET=1")
+    if device.type == "cpu" and importlib.util.find_spec("numpy") is None:
+        return ValueError("ldrld_loss: backend='triton' on CPU runs in the Triton "
+                          "interpreter, which needs numpy (not installed; the test extra "
+                          "installs it)")
     return None
 
 

@@ -1,12 +1,15 @@
 """The table of backends: which run where, and the reason given where one cannot; ``auto``,
 ``ldrld check`` and the bench read the same answer."""
 
+import re
+import sys
 import types
 
 import pytest
 import torch
 
 from ldrld_kernels import backends, bench
+from tests.helpers import ROOT
 
 CUDA = torch.device("cuda", 0)
 
@@ -42,3 +45,24 @@ def test_cuda_build_takes_triton(monkeypatch):
     monkeypatch.setattr(torch.version, "hip", None)
     assert backends.available(CUDA) == ["torch", "triton"]
     assert backends.resolve_backend("auto", _logits(CUDA), _logits(CUDA)) == "triton"
+
+
+def test_interpreter_without_numpy_says_so(monkeypatch):
+    # numpy is no dependency of the package, but the Triton interpreter imports it
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setitem(sys.modules, "numpy", None)  # (import numpy fails)
+    assert backends.available(torch.device("cpu")) == ["torch"]
+    student = torch.randn(2, 10)
+    with pytest.raises(ValueError, match="interpreter, which needs numpy"):
+        backends.resolve_backend("triton", student, student)
+    assert backends.resolve_backend("auto", student, student) == "torch"
+
+
+def test_numpy_is_not_a_dependency():
+    # the package never imports it (the test extra installs it, for the interpreter)
+    tomllib = pytest.importorskip("tomllib")  # (Python 3.11)
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert not any(name.startswith("numpy") for name in pyproject["dependencies"])
+    assert "numpy" in pyproject["optional-dependencies"]["test"]
+    sources = "\n".join(path.read_text() for path in (ROOT / "ldrld_kernels").rglob("*.py"))
+    assert not re.search(r"^\s*(import numpy|from numpy)", sources, re.MULTILINE)
