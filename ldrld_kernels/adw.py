@@ -14,6 +14,8 @@ import math
 
 import torch
 
+from ldrld_kernels.validation import check_int
+
 
 def adw_weight(i: int, j: int, adw_scale: float, adw_decay: float, adw_offset: float) -> float:
     """The ADW weight of the pair of 1-based ranks ``i`` and ``j``."""
@@ -33,8 +35,9 @@ def adw_weights(
     The diagonal and the lower triangle are 0, so ``adw_weights(k).sum()`` is the total
     weight of the ``k (k - 1) / 2`` pairs (7.7237 for the defaults at ``k = 7``).
     """
-    if isinstance(k, bool) or not isinstance(k, int) or k < 2:
-        raise ValueError(f"adw_weights: k must be an integer >= 2, got k={k!r}")
+    check_int("k", k, function="adw_weights")  # (the rule of ldrld_loss's k)
+    if k < 2:
+        raise ValueError(f"adw_weights: k must be >= 2, got k={k!r}")
     table = [
         [adw_weight(i + 1, j + 1, adw_scale, adw_decay, adw_offset) if j > i else 0.0
          for j in range(k)]

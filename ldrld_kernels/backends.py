@@ -11,6 +11,7 @@ parts, student gradient, teacher gradient), the gradients computed in the forwar
 from __future__ import annotations
 
 import functools
+import importlib.util
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -46,10 +47,21 @@ def _triton_unavailable(device: torch.device,
     except ImportError:
         return ValueError("ldrld_loss: backend='triton' needs the triton package, which is "
                           "not installed")
+    if device.type == "cuda" and torch.version.hip is not None:
+        # (a ROCm build names its GPUs "cuda" too)
+        return ValueError("ldrld_loss: backend='triton' runs on NVIDIA GPUs only, and this "
+                          f"PyTorch is a ROCm build (HIP {torch.version.hip}): the kernels "
+                          "call CUDA's libdevice.fast_log2f and pass maxnreg, which AMD's "
+                          "Triton backend lacks (backend='torch' runs here, and 'auto' takes "
+                          "it)")
     interpreting = os.environ.get("TRITON_INTERPRET") == "1"
     if device.type != "cuda" and not (device.type == "cpu" and interpreting):
         return ValueError(f"ldrld_loss: backend='triton' needs CUDA tensors (got device="
                           f"{device}); on CPU it runs only under TRITON_INTERPRET=1")
+    if device.type == "cpu" and importlib.util.find_spec("numpy") is None:
+        return ValueError("ldrld_loss: backend='triton' on CPU runs in the Triton "
+                          "interpreter, which needs numpy (not installed; the test extra "
+                          "installs it)")
     return None
 
 
@@ -82,8 +94,9 @@ def available(device: torch.device) -> list[str]:
 
 
 def resolve_backend(backend: str, student: torch.Tensor, teacher: torch.Tensor) -> str:
-    """The backend that runs: ``"auto"`` picks Triton for CUDA tensors where it runs, else
-    PyTorch; a named one that cannot run these logits here raises its reason."""
+    """The backend that runs: ``"auto"`` picks Triton for CUDA tensors where it runs (not on
+    a ROCm build, nor for float64), else PyTorch; a named one that cannot run these logits
+    here raises its reason."""
     device, dtypes = student.device, (student.dtype, teacher.dtype)
     if backend == "auto":
         usable = device.type == "cuda" and BACKENDS["triton"].unavailable(device, dtypes) is None

@@ -4,6 +4,11 @@ On a CUDA device the numbers come from the device itself. ``ldrld profile`` comp
 kernels for an H100/H200 on a machine without one and states the chip it assumes with
 ``assume``; everywhere else (CPU tensors under the Triton interpreter) a launch sees
 ``INTERPRETER``, a one-multiprocessor machine, so that the interpreter runs few programs.
+
+A launch runs on the current CUDA device and its current stream, not on its tensors'
+device: every launcher enters ``on_device`` of its tensors first (with logits on cuda:1 while
+cuda:0 is current, as ``device_map="auto"`` places a model's output layer, a launch would
+otherwise go to cuda:0).
 """
 
 from __future__ import annotations
@@ -59,3 +64,12 @@ def hardware_of(device: torch.device) -> Hardware:
         return _cuda_hardware(device.index if device.index is not None
                               else torch.cuda.current_device())
     return INTERPRETER
+
+
+def on_device(device: torch.device) -> contextlib.AbstractContextManager:
+    """Launches and allocations inside run on ``device`` (its current stream): that device
+    made current for a CUDA device, nothing for the others (CPU tensors under the
+    interpreter)."""
+    if device.type == "cuda":
+        return torch.cuda.device(device)
+    return contextlib.nullcontext()

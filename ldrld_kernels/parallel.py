@@ -78,10 +78,18 @@ def shard_of(student: torch.Tensor, group: object, rows: int, k: int, temperatur
     no host synchronisation, and a disagreement surfaces as a device-side error."""
     local = student.shape[-1]
     host = checks_on_host(group, student.device)
-    mine = torch.tensor([rows, local, k, temperature, float(has_target)], dtype=torch.float64)
-    if not host and student.device.type != "cpu":
-        # from pinned memory, asynchronously: a copy from pageable memory would synchronise
-        mine = mine.pin_memory().to(student.device, non_blocking=True)
+    values = (rows, local, k, temperature, float(has_target))
+    if host:
+        mine = torch.tensor(values, dtype=torch.float64)
+    else:
+        # written on the device, each value the argument of a fill (no host tensor at all):
+        # no copy from pageable memory (it would synchronise), no pinned buffer per call, nor
+        # a shared one that a later call could overwrite before this call's copy has run; a
+        # CUDA graph captures the values themselves (a captured copy would re-read a host
+        # buffer freed after the capture)
+        mine = torch.empty(len(values), dtype=torch.float64, device=student.device)
+        for column, value in enumerate(values):
+            mine[column].fill_(value)
     table = torch.stack(Shard(group, 0, local, local).all_gather(mine))
     rank = dist.get_rank(group)
     if not host:

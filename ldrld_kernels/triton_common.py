@@ -20,6 +20,7 @@ import triton
 import triton.language as tl
 from triton.language.extra import libdevice
 
+from ldrld_kernels.hardware import on_device
 from ldrld_kernels.torch_path import gradient_dtype
 
 LN2 = tl.constexpr(0.6931471805599453)
@@ -144,8 +145,9 @@ def scale_in_place(grad: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """``grad *= scale`` for a contiguous ``grad`` and a 0-d ``scale`` on its device, without
     reading ``grad`` when ``scale`` is 1 and without a host sync."""
     if grad.numel():
-        _scale_kernel[(triton.cdiv(grad.numel(), SCALE_BLOCK),)](
-            grad, scale, grad.numel(), BLOCK=SCALE_BLOCK, SUB=SCALE_SUB, num_warps=4)
+        with on_device(grad.device):
+            _scale_kernel[(triton.cdiv(grad.numel(), SCALE_BLOCK),)](
+                grad, scale, grad.numel(), BLOCK=SCALE_BLOCK, SUB=SCALE_SUB, num_warps=4)
     return grad
 
 

@@ -69,7 +69,7 @@ import triton
 import triton.language as tl
 
 from ldrld_kernels.config import LossConfig
-from ldrld_kernels.hardware import hardware_of
+from ldrld_kernels.hardware import hardware_of, on_device
 from ldrld_kernels.policy import FusedLaunch, launch_for
 from ldrld_kernels.triton_common import (
     LN2,
@@ -944,15 +944,16 @@ def _row_align(tensor: torch.Tensor, vec: int) -> int:
     return align
 
 
-def _alignment(tensors: list[torch.Tensor], vec: int) -> tuple[int, bool]:
-    """(ROW_ALIGN, SHIFTED): rows that start on 16-byte boundaries need nothing; otherwise,
-    when every row (inputs and gradients) has the same stride, contiguous classes and a
-    16-byte aligned base, positions are shifted per row so that chunks are aligned."""
+def _alignment(tensors: list[torch.Tensor], vec: int) -> tuple[int, bool, bool]:
+    """(ROW_ALIGN, SHIFTED, VECTOR) of the inputs and gradients. VECTOR: every tensor has
+    contiguous classes and a 16-byte aligned base (a view with a storage offset may not), and
+    every row starts on a 16-byte boundary, as it is or once its positions are shifted
+    (SHIFTED, when every row has the same stride): then groups of VEC classes are aligned
+    16-byte blocks, which the masked chunks read and write whole (``_load_chunk``)."""
     align = min(_row_align(tensor, vec) for tensor in tensors)
-    shifted = (align < vec and len({tensor.stride(0) for tensor in tensors}) == 1
-               and all(tensor.stride(1) == 1 and tensor.data_ptr() % 16 == 0
-                       for tensor in tensors))
-    return align, shifted
+    based = all(tensor.stride(1) == 1 and tensor.data_ptr() % 16 == 0 for tensor in tensors)
+    shifted = align < vec and len({tensor.stride(0) for tensor in tensors}) == 1 and based
+    return align, shifted, based and (shifted or align == vec)
 
 
 def _packed(tensor: torch.Tensor, vec: int, shifted: bool) -> bool:
@@ -976,7 +977,7 @@ def kernel_arguments(student: torch.Tensor, teacher: torch.Tensor, target: torch
     ``row0``, ``splits``, ``split_chunks``, ``work_ptr``, ``SPLIT_PHASE`` and ``S_PAD``)."""
     rows, num_classes = student.shape
     grads = [grad for grad in (grad_s, grad_t) if grad is not None]
-    row_align, shifted = _alignment([student, teacher, *grads], launch.vec)
+    row_align, shifted, vector = _alignment([student, teacher, *grads], launch.vec)
     k_pad = triton.next_power_of_2(config.k)
     return dict(  # noqa: C408 (the kernel's argument names)
         loss_ptr=row_loss, parts_ptr=parts,
@@ -997,9 +998,7 @@ def kernel_arguments(student: torch.Tensor, teacher: torch.Tensor, target: torch
         STUDENT_GRAD=grad_s is not None, TEACHER_GRAD=grad_t is not None,
         SCALE_GRAD=grad_scale is not None,
         ROWS=launch.rows, LANES=launch.lanes, VEC=launch.vec, KPL=launch.candidates,
-        K_PAD=k_pad, ROW_ALIGN=row_align, SHIFTED=shifted,
-        VECTOR=shifted or (row_align == launch.vec and all(
-            tensor.stride(1) == 1 for tensor in (student, teacher))),
+        K_PAD=k_pad, ROW_ALIGN=row_align, SHIFTED=shifted, VECTOR=vector,
         S_PACKED=_packed(student, launch.vec, shifted),
         T_PACKED=_packed(teacher, launch.vec, shifted),
         T_POW=integer_temperature(config.temperature),
@@ -1021,29 +1020,31 @@ def ldrld_rows(
     """Same contract as ``torch_path.ldrld_rows``: row losses (float32), per-row parts and
     the gradients of the row losses (times ``grad_scale``) in the inputs' dtypes. One launch
     up to ``policy.MAX_FUSED`` classes; ``launch`` overrides the policy's configuration."""
-    rows, num_classes = student.shape
-    row_loss, parts, grad_s, grad_t = allocate_outputs(student, teacher, need_student_grad,
-                                                       need_teacher_grad)
-    if rows == 0:
-        return row_loss, parts, grad_s, grad_t
-    launch = launch or launch_for(rows, num_classes, student.element_size(),
-                                  teacher.element_size(), hardware_of(student.device))
-    arguments = kernel_arguments(student, teacher, target, config, row_loss, parts, grad_s,
-                                 grad_t, grad_scale, launch)
-    if not launch.split_chunks:
-        _ldrld_fused_kernel[(triton.cdiv(rows, launch.rows),)](
-            row0=0, splits=1, split_chunks=0, work_ptr=row_loss, SPLIT_PHASE=0, S_PAD=1,
-            **arguments)
-        return row_loss, parts, grad_s, grad_t
+    # the launches on the logits' device, and its current stream (hardware.on_device)
+    with on_device(student.device):
+        rows, num_classes = student.shape
+        row_loss, parts, grad_s, grad_t = allocate_outputs(student, teacher, need_student_grad,
+                                                           need_teacher_grad)
+        if rows == 0:
+            return row_loss, parts, grad_s, grad_t
+        launch = launch or launch_for(rows, num_classes, student.element_size(),
+                                      teacher.element_size(), hardware_of(student.device))
+        arguments = kernel_arguments(student, teacher, target, config, row_loss, parts, grad_s,
+                                     grad_t, grad_scale, launch)
+        if not launch.split_chunks:
+            _ldrld_fused_kernel[(triton.cdiv(rows, launch.rows),)](
+                row0=0, splits=1, split_chunks=0, work_ptr=row_loss, SPLIT_PHASE=0, S_PAD=1,
+                **arguments)
+            return row_loss, parts, grad_s, grad_t
 
-    # Wide rows: each wave of rows, statistics then gradients; a wave's logits stay in L2
-    # between the two launches.
-    arguments = split_arguments(arguments, launch, num_classes, student.device)
-    for row0 in range(0, rows, launch.wave_rows):
-        grid = (min(launch.wave_rows, rows - row0), arguments["splits"])
-        for phase in (1, 2):
-            _ldrld_fused_kernel[grid](row0=row0, SPLIT_PHASE=phase, **arguments)
-    return row_loss, parts, grad_s, grad_t
+        # Wide rows: each wave of rows, statistics then gradients; a wave's logits stay in L2
+        # between the two launches.
+        arguments = split_arguments(arguments, launch, num_classes, student.device)
+        for row0 in range(0, rows, launch.wave_rows):
+            grid = (min(launch.wave_rows, rows - row0), arguments["splits"])
+            for phase in (1, 2):
+                _ldrld_fused_kernel[grid](row0=row0, SPLIT_PHASE=phase, **arguments)
+        return row_loss, parts, grad_s, grad_t
 
 
 def split_arguments(arguments: dict, launch: FusedLaunch, num_classes: int,

@@ -31,7 +31,7 @@ import torch.distributed as dist
 
 from ldrld_kernels import parallel
 from ldrld_kernels.config import LossConfig
-from ldrld_kernels.hardware import hardware_of
+from ldrld_kernels.hardware import hardware_of, on_device
 from ldrld_kernels.policy import split_launch
 from ldrld_kernels.torch_path import local_term
 from ldrld_kernels.triton_common import LN2, LOG2E, allocate_outputs
@@ -94,6 +94,14 @@ def ldrld_rows(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """``triton_fused.ldrld_rows`` on this rank's slice of the classes (``shard``): every
     rank gets the same row losses and parts and the gradients of its slice."""
+    # the launches on the logits' device, and its current stream (hardware.on_device)
+    with on_device(student.device):
+        return _sharded_rows(student, teacher, target, config, need_student_grad,
+                             need_teacher_grad, grad_scale, shard)
+
+
+def _sharded_rows(student, teacher, target, config, need_student_grad, need_teacher_grad,
+                  grad_scale, shard):
     rows, width = student.shape
     row_loss, parts, grad_s, grad_t = allocate_outputs(student, teacher, need_student_grad,
                                                        need_teacher_grad)

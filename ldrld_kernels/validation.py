@@ -37,9 +37,9 @@ def check_real(name: str, value: object, positive: bool = False) -> None:
         raise ValueError(f"ldrld_loss: {name} must be > 0, got {name}={value!r}")
 
 
-def check_int(name: str, value: object) -> None:
+def check_int(name: str, value: object, function: str = "ldrld_loss") -> None:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"ldrld_loss: {name} must be an int, got {name}={value!r}")
+        raise TypeError(f"{function}: {name} must be an int, got {name}={value!r}")
 
 
 def check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:

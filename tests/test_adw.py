@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from ldrld_kernels import adw_weights
+from ldrld_kernels import adw_weights, ldrld_loss
 
 
 def test_default_table_for_k7():
@@ -28,7 +28,21 @@ def test_formula_and_arguments():
     assert w.dtype == torch.float64
 
 
-@pytest.mark.parametrize("k", [1, 0, 2.0, True])
+@pytest.mark.parametrize("k", [1, 0, -3])
 def test_bad_k(k):
-    with pytest.raises(ValueError, match="k"):
+    with pytest.raises(ValueError, match=f"adw_weights: k must be >= 2, got k={k}"):
         adw_weights(k)
+
+
+@pytest.mark.parametrize("k", [3.0, True, "3"])
+def test_k_not_an_int_is_a_type_error_as_in_ldrld_loss(k):
+    # one rule: ldrld_loss(k=3.0) raises TypeError, and so does adw_weights(3.0)
+    with pytest.raises(TypeError, match=f"adw_weights: k must be an int, got k={k!r}"):
+        adw_weights(k)
+    student = torch.randn(2, 10)
+    with pytest.raises(TypeError, match=f"ldrld_loss: k must be an int, got k={k!r}"):
+        ldrld_loss(student, student, k=k)
+
+
+def test_k_any_integral():
+    assert torch.equal(adw_weights(torch.tensor(5).numpy()[()]), adw_weights(5))

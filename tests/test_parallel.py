@@ -284,6 +284,8 @@ def _no_sync_worker(rank: int, init_file: str, out_dir: str) -> None:
         lk.ldrld_loss(student, teacher, target, backend="triton",
                       process_group=dist.group.WORLD)  # compiles the kernels first
         torch.cuda.synchronize()
+        # no pinned host tensor per call either
+        torch.Tensor.pin_memory = lambda *args, **kwargs: failures.append("pinned a tensor")
         torch.cuda.set_sync_debug_mode("error")
         try:
             loss = lk.ldrld_loss(student, teacher, target, backend="triton",
@@ -305,3 +307,26 @@ def test_nccl_call_needs_no_host_sync(tmp_path):
     """On an NCCL-only group (one process), a call and its backward synchronise nothing."""
     mp.spawn(_no_sync_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=1, join=True)
     assert json.loads((tmp_path / "rank0.json").read_text()) == []
+
+
+def test_device_agreement_needs_no_host_buffer(monkeypatch):
+    """On an NCCL-only group the ranks' agreement row is written on the logits' device: no
+    pinned host tensor per call, nor a host buffer that a CUDA graph's captured copy would
+    re-read after it is freed. The meta device stands in for the GPU, a one-rank gather for
+    the group."""
+    pinned, gathered = [], []
+    monkeypatch.setattr(torch.Tensor, "pin_memory",
+                        lambda self, *args, **kwargs: pinned.append(self) or self)
+    monkeypatch.setattr(parallel, "checks_on_host", lambda group, device: False)
+    monkeypatch.setattr(parallel.Shard, "all_gather",
+                        lambda self, tensor: gathered.append(tensor) or [tensor])
+    monkeypatch.setattr(dist, "get_rank", lambda group=None: 0)
+    for device in ("meta", "cpu"):  # (CPU: to read the values)
+        student = torch.empty(4, 40, device=device)
+        shard = parallel.shard_of(student, None, rows=4, k=3, temperature=2.0,
+                                  has_target=True)
+        row = gathered.pop()
+        assert (row.device, row.dtype) == (student.device, torch.float64)
+        assert shard.num_classes.device == student.device
+    assert not pinned
+    assert row.tolist() == [4, 40, 3, 2.0, 1.0] and int(shard.num_classes) == 40
