@@ -42,16 +42,8 @@ class _LDRLDFunction(torch.autograd.Function):
                 grad_enabled):
         # (needs_input_grad says True under torch.no_grad() too: the caller's grad mode)
         need_s, need_t = (grad_enabled and need for need in ctx.needs_input_grad[:2])
-        if backend == "triton" and shard is None:
-            from ldrld_kernels import ops
-
-            row_loss, parts, grad_s, grad_t = ops.ldrld_rows(
-                student, teacher, target, mean_scale, *config.op_args(), need_s, need_t)
-            grad_s, grad_t = (grad if need else None
-                              for grad, need in ((grad_s, need_s), (grad_t, need_t)))
-        else:
-            row_loss, parts, grad_s, grad_t = rows_function(backend, shard)(
-                student, teacher, target, config, need_s, need_t, mean_scale)
+        row_loss, parts, grad_s, grad_t = rows_function(backend, shard)(
+            student, teacher, target, config, need_s, need_t, mean_scale)
         loss, parts = _reduce(row_loss, parts, reduction, mean_scale)
         ctx.save_for_backward(grad_s, grad_t)
         ctx.dtypes = (student.dtype, teacher.dtype)

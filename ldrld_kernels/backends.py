@@ -21,10 +21,18 @@ import torch
 from ldrld_kernels import torch_path
 
 
-def _triton_rows(*args, **kwargs):
-    from ldrld_kernels import triton_fused
+def _triton_rows(student, teacher, target, config, need_student_grad, need_teacher_grad,
+                 grad_scale=None):
+    """``triton_fused.ldrld_rows`` through the custom op ``ops.ldrld_rows``, so that
+    ``torch.compile`` sees one opaque node (with its fake) for every caller: ``ldrld_loss``
+    and the fused-linear loss alike."""
+    from ldrld_kernels import ops
 
-    return triton_fused.ldrld_rows(*args, **kwargs)
+    row_loss, parts, grad_s, grad_t = ops.ldrld_rows(
+        student, teacher, target, grad_scale, *config.op_args(), need_student_grad,
+        need_teacher_grad)
+    return (row_loss, parts, grad_s if need_student_grad else None,
+            grad_t if need_teacher_grad else None)
 
 
 def _triton_sharded_rows(*args, shard):

@@ -59,6 +59,32 @@ def test_compiled_step_matches_eager(backend, num_classes):
     torch.testing.assert_close(student.weight.grad, eager_grad, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.filterwarnings("error::UserWarning")
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_compiled_fused_linear_step_matches_eager(backend, reduction):
+    # (chunks of 4 of 6 rows: a full chunk and a partial one)
+    student, teacher, inputs, target = _models(100)
+
+    def loss_fn(x, y):
+        loss = lk.ldrld_fused_linear_loss(
+            x, student.weight, x, teacher.weight, y, student_bias=student.bias,
+            teacher_bias=teacher.bias, chunk_rows=4, backend=backend, reduction=reduction)
+        return loss.sum()
+
+    eager = loss_fn(inputs, target)
+    eager.backward()
+    eager_grads = [student.weight.grad.clone(), student.bias.grad.clone()]
+    student.zero_grad(set_to_none=True)
+
+    torch._dynamo.reset()
+    compiled = torch.compile(loss_fn, fullgraph=True)(inputs, target)  # a break raises
+    compiled.backward()
+    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-6)
+    for got, want in zip((student.weight.grad, student.bias.grad), eager_grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.skipif(not hasattr(torch._dynamo.config, "trace_autograd_ops"),
                     reason="this PyTorch cannot trace backward() inside a compiled region")
 @pytest.mark.filterwarnings("error::UserWarning")
