@@ -24,7 +24,11 @@ arguments (by name), ``num_programs(axis)``, ``cdiv`` and the kernel module's
 data, e.g. top-k insertion rounds); a conditional block may carry ``# runs: EXPR``, the
 probability that it runs. SASS loops are found from their backward branches and matched to
 the ``for`` line through the line information of the branch; an untagged loop is an error,
-never a silent guess. Other conditional code is counted as always executed (an upper bound).
+never a silent guess. The tags are read from the kernel's source as imported now (the source
+text of the JIT functions it reaches), never from the files the line information names: a
+binary from Triton's cache names the path it was first compiled from, which may since have
+moved, gone or changed (the cache is keyed by the functions' source and first lines, not
+their paths). Other conditional code is counted as always executed (an upper bound).
 Instructions per logit element = executed per thread x threads x programs / (rows x C),
 summed over the launches of the call.
 
@@ -40,7 +44,6 @@ import contextlib
 import dataclasses
 import importlib
 import json
-import linecache
 import math
 import os
 import re
@@ -53,6 +56,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 
 import torch
 
@@ -196,6 +200,7 @@ class Instruction:
     operands: str
     source: tuple[str, int] | None
     target: str | None = None  # branch label
+    tag: tuple[str, str] | None = None  # ("trips" | "runs", expression) of its source line
 
     @property
     def width_bits(self) -> int:
@@ -226,22 +231,91 @@ def _read_cubin(tool: str, options: list[str], cubin: bytes) -> str:
                               text=True, check=True).stdout
 
 
-def disassemble(cubin: bytes) -> tuple[list[Instruction], dict[str, int]]:
-    """The kernel's instructions with their source lines, and its branch labels."""
+@dataclass(frozen=True)
+class _Function:
+    """The source of one JIT function as imported now: its file and its lines from ``first``
+    (what Triton compiles and keys its cache by, with ``first``)."""
+
+    path: str
+    first: int
+    lines: tuple[str, ...]
+
+
+class KernelSource:
+    """The source lines of a kernel and of the JIT functions it can reach (the helpers inlined
+    into it), as imported now. ``locate`` maps a line of a binary's line information, whose
+    path may be that of another copy of the same source, to the function's current file and
+    line text: by the file's name and the line range of a function of that name's file (the
+    line numbers are part of Triton's cache key, the path is not)."""
+
+    def __init__(self, kernels: Sequence[object] = ()):
+        from triton.runtime.jit import JITFunction
+
+        functions, seen, todo = [], set(), list(kernels)
+        while todo:
+            jit = todo.pop()
+            if id(jit) in seen:
+                continue
+            seen.add(id(jit))
+            functions.append(_Function(jit.fn.__code__.co_filename, jit.starting_line_number,
+                                       tuple(jit.raw_src)))
+            for value in jit.fn.__globals__.values():
+                for candidate in (vars(value).values() if isinstance(value, ModuleType)
+                                  else (value,)):
+                    if isinstance(candidate, JITFunction):
+                        todo.append(candidate)
+        self.functions = functions
+
+    def locate(self, path: str, line: int) -> tuple[str, str] | None:
+        """(current path, text) of ``path:line``, or None outside the kernel's functions."""
+        name = Path(path).name
+        found = {function.path: function.lines[line - function.first]
+                 for function in self.functions
+                 if Path(function.path).name == name
+                 and function.first <= line < function.first + len(function.lines)}
+        if len(found) > 1:  # files of one name: the one whose directories match the most
+            best = max(_common_tail(candidate, path) for candidate in found)
+            found = {key: text for key, text in found.items()
+                     if _common_tail(key, path) == best}
+            if len(found) > 1:
+                raise ValueError(f"line info {path}:{line} matches several sources: "
+                                 f"{', '.join(sorted(found))}")
+        return next(iter(found.items()), None)
+
+
+def _common_tail(a: str, b: str) -> int:
+    """How many trailing components the paths ``a`` and ``b`` share."""
+    count = 0
+    for ours, theirs in zip(reversed(Path(a).parts), reversed(Path(b).parts), strict=False):
+        if ours != theirs:
+            break
+        count += 1
+    return count
+
+
+def disassemble(cubin: bytes, source: KernelSource | None = None
+                ) -> tuple[list[Instruction], dict[str, int]]:
+    """The kernel's instructions with their source lines, and its branch labels; each line
+    with its ``# trips:`` / ``# runs:`` tag when it is a line of ``source``."""
     text = _read_cubin("nvdisasm", ["-c", "-g"], cubin)
+    source_of = source or KernelSource()
     instructions: list[Instruction] = []
     labels: dict[str, int] = {}
-    source = None
+    where, tag = None, None
     for line in text.splitlines():
         if match := _SOURCE.search(line):
-            source = (match["file"], int(match["line"]))
+            where, tag = (match["file"], int(match["line"])), None
+            if located := source_of.locate(*where):
+                where = (located[0], where[1])
+                if found := _TAG.search(located[1]):
+                    tag = (found["kind"], found["expr"])
         elif match := _LABEL.match(line.strip()):
             labels[match["label"]] = len(instructions)
         elif match := _INSTRUCTION.match(line):
             target = _TARGET.search(match["operands"])
             instructions.append(Instruction(
                 int(match["address"], 16), match["predicate"] is not None, match["opcode"],
-                match["operands"].strip(), source, target["label"] if target else None))
+                match["operands"].strip(), where, target["label"] if target else None, tag))
     return instructions, labels
 
 
@@ -252,16 +326,6 @@ def resource_usage(cubin: bytes) -> dict[str, int]:
     function = text[text.index("Function"):] if "Function" in text else text
     return {key: int(value) for key, value in re.findall(r"\b(REG|STACK|SHARED|LOCAL):(\d+)",
                                                          function)}
-
-
-def _source_line(source: tuple[str, int]) -> str:
-    """The text of a kernel source line. A cached kernel may name the path of another copy of
-    the same source (Triton's cache is keyed by the source, not its path): fall back to the
-    module of the same name in this package."""
-    path, line = source
-    if not os.path.exists(path):
-        path = str(Path(__file__).with_name(Path(path).name))
-    return linecache.getline(path, line)
 
 
 def _successors(index: int, instructions: list[Instruction], labels: dict[str, int]):
@@ -316,16 +380,15 @@ def execution_counts(instructions: list[Instruction], labels: dict[str, int],
                 spans[target] = max(spans.get(target, index), index)
     regions: dict[int, Region] = {}
     for first, last in spans.items():
-        source = _loop_source(first, last, spans, instructions)
-        regions[first] = Region("loop", first, last, source,
-                                evaluate("trips", _tag(source)[1], source))
+        source, expr = _loop_source(first, last, spans, instructions)
+        regions[first] = Region("loop", first, last, source, evaluate("trips", expr, source))
     _split_unrolled(list(regions.values()), instructions)
     for index in sorted(reachable):
         instruction = instructions[index]
         op = instruction.opcode.split(".")[0]
         if not instruction.predicated or op not in ("BRA", "EXIT"):
             continue
-        tag = _tag(instruction.source)
+        tag = instruction.tag
         if tag is None or tag[0] != "runs":
             continue
         last = labels[instruction.target] - 1 if op == "BRA" else len(instructions) - 1
@@ -350,26 +413,26 @@ _LOOP_CONTROL = {"BRA", "ISETP", "UISETP", "VIADD", "IADD3", "UIADD3", "IMAD", "
 
 
 def _loop_source(first: int, last: int, spans: dict[int, int],
-                 instructions: list[Instruction]) -> tuple[str, int]:
-    """The tagged ``for`` line of the loop ``first..last``: the line of its backward branch
-    when that carries a ``# trips:`` tag, else the one tagged line among the loop's own
-    instructions (outside the loops nested in it); the branch's line can be that of a
-    library function inlined at the end of the body."""
-    branch = instructions[last].source
-    tag = _tag(branch)
-    if tag is not None and tag[0] == "trips":
-        return branch
+                 instructions: list[Instruction]) -> tuple[tuple[str, int], str]:
+    """The tagged ``for`` line of the loop ``first..last`` and its trip count expression: the
+    line of its backward branch when that carries a ``# trips:`` tag, else the one tagged line
+    among the loop's own instructions (outside the loops nested in it); the branch's line can
+    be that of a library function inlined at the end of the body."""
+    branch = instructions[last]
+    if branch.tag is not None and branch.tag[0] == "trips":
+        return branch.source, branch.tag[1]
     nested = [(a, b) for a, b in spans.items() if first <= a and b <= last and (a, b) != (first,
                                                                                           last)]
-    own = {instructions[i].source for i in range(first, last + 1)
-           if not any(a <= i <= b for a, b in nested)}
-    tagged = sorted({source for source in own if (_tag(source) or ("",))[0] == "trips"},
-                    key=lambda source: (source[0], source[1]))
+    tagged = sorted({(instructions[i].source, instructions[i].tag[1])
+                     for i in range(first, last + 1)
+                     if not any(a <= i <= b for a, b in nested)
+                     and instructions[i].tag is not None and instructions[i].tag[0] == "trips"})
     if len(tagged) != 1:
         raise ValueError(
             f"loop at SASS {instructions[first].address:#x}-{instructions[last].address:#x} "
-            f"(branch at {_where(branch)}): {len(tagged)} '# trips:' tagged lines among its "
-            f"instructions ({', '.join(map(_where, tagged)) or 'none'}); expected one")
+            f"(branch at {_where(branch.source)}): {len(tagged)} '# trips:' tagged lines among "
+            f"its instructions ({', '.join(_where(where) for where, _ in tagged) or 'none'}); "
+            f"expected one")
     return tagged[0]
 
 
@@ -402,13 +465,6 @@ def _split_unrolled(loops: list[Region], instructions: list[Instruction]) -> Non
             u = unroll[id(loop)]
             loop.factor = remainder if u == 1 else trips / u
             loop.kind = "remainder loop" if u == 1 else f"loop unrolled x{u}"
-
-
-def _tag(source: tuple[str, int] | None) -> tuple[str, str] | None:
-    if source is None:
-        return None
-    match = _TAG.search(_source_line(source))
-    return (match["kind"], match["expr"]) if match else None
 
 
 def _where(source: tuple[str, int] | None) -> str:
@@ -461,7 +517,7 @@ def profile_launch(launch: Launch, rows: int, classes: int, launches: int = 1,
     ``rows`` x ``classes`` logits; or of ``launches`` alike (the waves of wide rows) that
     run ``programs`` programs in all."""
     cubin = launch.compiled.asm["cubin"]
-    instructions, labels = disassemble(cubin)
+    instructions, labels = disassemble(cubin, KernelSource([launch.kernel]))
     namespace = _namespace(launch)
 
     def evaluate(kind: str, expr: str, source) -> float:

@@ -67,6 +67,17 @@ def test_untagged_loop_is_an_error(cases):
 
 
 @requires_compiler
+def test_counts_do_not_depend_on_the_path_in_the_cache(cases):
+    # issue 21: the same kernel source at a second path compiles to the first path's cached
+    # binary, whose line information names the first path; the tags are the kernel's own
+    moved = cases["instrument"]["moved"]
+    assert moved["cached_from_first"]  # the scenario happened: both binaries came from cache
+    assert isinstance(moved["first"], float), moved["first"]
+    assert moved["moved"] == moved["first"]  # the first checkout gone
+    assert moved["changed"] == moved["first"]  # another version of the file at its path
+
+
+@requires_compiler
 def test_spilling_kernel_reports_spills(cases):
     spill = cases["instrument"]["spill"]
     assert spill["spill_store_bytes"] > 1000 and spill["spill_load_bytes"] > 1000
