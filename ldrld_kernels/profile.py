@@ -20,8 +20,9 @@ Counting. Executed SASS instructions per thread = straight-line code once, plus 
 body times its trip count for the profiled shape. Every loop in a kernel carries its trip
 count as a comment on its ``for`` line, ``# trips: EXPR``, evaluated over the launch's
 arguments (by name), ``num_programs(axis)``, ``cdiv`` and the kernel module's
-``profile_hints`` (simulated means on random normal logits where the count depends on the
-data, e.g. top-k insertion rounds); a conditional block may carry ``# runs: EXPR``, the
+``profile_hints(kernel_name, arguments, rows_model)`` (simulated means where the count depends
+on the data, e.g. how often a fallback runs: on random normal logits, or on the structured
+rows of ``--rows-model``); a conditional block may carry ``# runs: EXPR``, the
 probability that it runs. SASS loops are found from their backward branches and matched to
 the ``for`` line through the line information of the branch; an untagged loop is an error,
 never a silent guess. The tags are read from the kernel's source as imported now (the source
@@ -497,32 +498,41 @@ class KernelProfile:
     load_128_fraction: float  # of the executed global-load bytes
     store_128_fraction: float
     loops: list[str] = field(default_factory=list)  # "file:line x trips"
+    # the values of the kernel module's profile_hints that its tags used (simulated rates)
+    hints: dict[str, float] = field(default_factory=dict)
 
 
-def _namespace(launch: Launch) -> dict:
+def _namespace(launch: Launch, rows_model: str = "normal") -> tuple[dict, dict]:
+    """The names a tag may use for ``launch``, and which of them the kernel module's
+    ``profile_hints`` gave (for rows of ``rows_model``)."""
     values = {name: value for name, value in launch.args.items()
               if not isinstance(value, torch.Tensor)}
     values.update(cdiv=lambda a, b: -(-a // b),
                   num_programs=lambda axis: launch.grid[axis] if axis < len(launch.grid) else 1)
     module = importlib.import_module(launch.kernel.fn.__module__)
-    hints = getattr(module, "profile_hints", None)
-    if hints is not None:
-        values.update(hints(launch.kernel.fn.__name__, dict(values)))
-    return values
+    profile_hints = getattr(module, "profile_hints", None)
+    hints = {} if profile_hints is None else profile_hints(
+        launch.kernel.fn.__name__, dict(values), rows_model=rows_model)
+    values.update(hints)
+    return values, hints
 
 
 def profile_launch(launch: Launch, rows: int, classes: int, launches: int = 1,
-                   programs: int | None = None) -> KernelProfile:
+                   programs: int | None = None, rows_model: str = "normal") -> KernelProfile:
     """Resources and executed-instruction counts of one launch, per element of a call on
     ``rows`` x ``classes`` logits; or of ``launches`` alike (the waves of wide rows) that
-    run ``programs`` programs in all."""
+    run ``programs`` programs in all; data-dependent counts simulated on rows of
+    ``rows_model``."""
     cubin = launch.compiled.asm["cubin"]
     instructions, labels = disassemble(cubin, KernelSource([launch.kernel]))
-    namespace = _namespace(launch)
+    namespace, hints = _namespace(launch, rows_model)
+    used: set[str] = set()
 
     def evaluate(kind: str, expr: str, source) -> float:
         try:
-            return float(eval(expr, {"__builtins__": {"min": min, "max": max}}, namespace))
+            code = compile(expr, "<tag>", "eval")
+            used.update(code.co_names)
+            return float(eval(code, {"__builtins__": {"min": min, "max": max}}, namespace))
         except Exception as error:  # name the tag that failed
             raise ValueError(f"cannot evaluate '# {kind}: {expr}' at {_where(source)} for "
                              f"{launch.name}: {error}") from error
@@ -568,6 +578,7 @@ def profile_launch(launch: Launch, rows: int, classes: int, launches: int = 1,
         load_128_fraction=fraction("LDG"), store_128_fraction=fraction("STG"),
         loops=[f"{region.kind} {_where(region.source)} x {region.factor:g}"
                for region in regions],
+        hints={name: hints[name] for name in sorted(used) if name in hints},
     )
 
 
@@ -583,6 +594,7 @@ class CallProfile:
     kernels: list[KernelProfile]
     hbm_bytes_per_element: float = 0.0  # the design's model (policy.hbm_bytes_per_element)
     ranks: int = 1  # vocabulary parallel: one rank's slice of the classes, C / ranks
+    rows_model: str = "normal"  # the rows its data-dependent counts were simulated on
     instructions_per_element: float = 0.0
     ceiling_h100: float = 0.0  # % of copy bandwidth the issue rate allows
     ceiling_h200: float = 0.0
@@ -634,11 +646,13 @@ def compile_call(student: torch.Tensor, teacher: torch.Tensor, target: torch.Ten
 
 
 def profile_call(rows: int, classes: int, dtype: str = "bfloat16", k: int = 7,
-                 target: bool = True, teacher_grad: bool = False, ranks: int = 1) -> CallProfile:
+                 target: bool = True, teacher_grad: bool = False, ranks: int = 1,
+                 rows_model: str = "normal") -> CallProfile:
     """Compile and count every kernel of one training-step call on ``rows`` x ``classes``
     logits of ``dtype`` (the student's gradient, and the teacher's with ``teacher_grad``);
     with ``ranks`` > 1, of the first rank of a vocabulary-parallel call (C / ranks classes,
-    rounded up), counted per element of its slice."""
+    rounded up), counted per element of its slice; data-dependent counts (the exact-selection
+    fallback) simulated on rows of ``rows_model`` (``ROW_MODELS``)."""
     torch_dtype = DTYPES[dtype]
     width = -(-classes // ranks)
     student = torch.empty(rows, width, dtype=torch_dtype)
@@ -657,12 +671,13 @@ def profile_call(rows: int, classes: int, dtype: str = "bfloat16", k: int = 7,
         alike.setdefault(key, []).append(launch)
     return CallProfile(rows, classes, dtype, k, target, teacher_grad, moved,
                        [profile_launch(group[0], rows, width, len(group),
-                                       sum(math.prod(launch.grid) for launch in group))
+                                       sum(math.prod(launch.grid) for launch in group),
+                                       rows_model)
                         for group in alike.values()],
                        hbm_bytes_per_element=policy.hbm_bytes_per_element(
                            rows, classes, torch_dtype.itemsize, torch_dtype.itemsize,
                            teacher_grad, HOPPER, ranks),
-                       ranks=ranks)
+                       ranks=ranks, rows_model=rows_model)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -708,11 +723,13 @@ BUDGETS: dict[tuple[int, int, str, int], Budget] = {
 
 
 def check_budgets(profiles: Sequence[CallProfile]) -> list[str]:
-    """One line per broken budget (profiles of calls without a budget are not held)."""
+    """One line per broken budget (profiles of calls without a budget are not held, nor those
+    simulated on other rows than the normal ones the budgets are for)."""
     broken = []
     for call in profiles:
         budget = BUDGETS.get((call.rows, call.classes, call.dtype, call.ranks))
-        if budget is None or call.k != 7 or not call.target or call.teacher_grad:
+        if (budget is None or call.k != 7 or not call.target or call.teacher_grad
+                or call.rows_model != "normal"):
             continue
         where = f"{call.rows} x {call.classes}{_per_rank(call)} {call.dtype}"
         if call.instructions_per_element > budget.instructions_per_element:
@@ -775,20 +792,60 @@ def table_rows(profiles: Sequence[CallProfile]) -> list[list[str]]:
     return rows
 
 
-def format_table(profiles: Sequence[CallProfile]) -> str:
-    rows = [list(COLUMNS)] + table_rows(profiles)
-    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
-    lines = ["  ".join(cell.rjust(width) if i not in (2, 3) else cell.ljust(width)
+def _aligned(columns: Sequence[str], cells: list[list[str]]) -> str:
+    rows = [list(columns)] + cells
+    widths = [max(len(row[i]) for row in rows) for i in range(len(columns))]
+    lines = ["  ".join(cell.ljust(width) if columns[i] in ("dtype", "kernel") else
+                       cell.rjust(width)
                        for i, (cell, width) in enumerate(zip(row, widths, strict=True)))
              for row in rows]
     lines.insert(1, "-" * len(lines[0]))
     return "\n".join(lines)
 
 
-def format_markdown(profiles: Sequence[CallProfile]) -> str:
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(row) + " |" for row in table_rows(profiles)]
+def _markdown(columns: Sequence[str], cells: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(row) + " |" for row in cells]
     return "\n".join(lines) + "\n"
+
+
+def format_table(profiles: Sequence[CallProfile]) -> str:
+    return _aligned(COLUMNS, table_rows(profiles))
+
+
+def format_markdown(profiles: Sequence[CallProfile]) -> str:
+    return _markdown(COLUMNS, table_rows(profiles))
+
+
+def fallback_rate(call: CallProfile) -> float | None:
+    """How often the call's exact-selection fallback runs, per program of the kernel that
+    selects (None when no kernel of the call has one)."""
+    rates = [kernel.hints["exact_selection"] for kernel in call.kernels
+             if "exact_selection" in kernel.hints]
+    return max(rates) if rates else None
+
+
+# The rows a kernel module's profile_hints simulates its data-dependent counts on (the models
+# are described with ``triton_fused.row_logits``): i.i.d. normal logits, the best classes at
+# low ids, the best classes LANES x VEC apart (all on one thread).
+ROW_MODELS = ("normal", "clustered", "spaced")
+FALLBACK_COLUMNS = ("rows", "C", "dtype", *(f"fallback {m}" for m in ROW_MODELS),
+                    *(f"instr/el {m}" for m in ROW_MODELS), "spaced / normal")
+
+
+def fallback_rows(by_model: Sequence[dict[str, CallProfile]]) -> list[list[str]]:
+    """The fallback's rate (per program of the selecting kernel) and the call's instructions
+    per element on each of ``ROW_MODELS``: one row per call, from a dict model -> profile."""
+    rows = []
+    for calls in by_model:
+        normal = calls["normal"]
+        rates = [fallback_rate(calls[model]) for model in ROW_MODELS]
+        counts = [calls[model].instructions_per_element for model in ROW_MODELS]
+        rows.append([str(normal.rows), f"{normal.classes}{_per_rank(normal)}", normal.dtype,
+                     *("-" if rate is None else f"{100 * rate:.2f}%" for rate in rates),
+                     *(f"{count:.1f}" for count in counts),
+                     f"{counts[-1] / max(counts[0], 1e-9):.2f}"])
+    return rows
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -807,7 +864,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", metavar="PATH", help="write the profiles as JSON there")
     parser.add_argument("--markdown", action="store_true", help="print a Markdown table")
     parser.add_argument("--check", action="store_true",
-                        help="exit 1 when a budget of profile.BUDGETS is broken")
+                        help="exit 1 when a budget of profile.BUDGETS is broken (on normal "
+                             "rows)")
+    parser.add_argument("--rows-model", choices=ROW_MODELS, default="normal",
+                        help="the rows the exact-selection fallback's rate is simulated on: "
+                             "i.i.d. normal logits (default), the best classes clustered at "
+                             "low ids, or spaced LANES x VEC apart (on one thread)")
+    parser.add_argument("--fallback", action="store_true",
+                        help="instead of the table: the fallback's rate and the call's "
+                             "instructions per element on each rows model")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -821,12 +886,20 @@ def run(args: argparse.Namespace) -> int:
                         key=lambda shape: (shape[2], shape[1], -shape[0]))
     print(f"ldrld profile: Triton {triton.__version__}, sm_{SM_TARGET}, "
           f"k={args.k}, {'no target' if args.no_target else 'with target'}, "
-          f"{'student and teacher' if args.teacher_grad else 'student'} gradient",
-          flush=True)
-    profiles = [profile_call(rows, classes, dtype, args.k, not args.no_target,
-                             args.teacher_grad, ranks or 1)
+          f"{'student and teacher' if args.teacher_grad else 'student'} gradient", end="")
+    models = ROW_MODELS if args.fallback else (args.rows_model,)
+    print(f", {' / '.join(models)} rows" if models != ("normal",) else "", flush=True)
+    by_model = [{model: profile_call(rows, classes, dtype, args.k, not args.no_target,
+                                     args.teacher_grad, ranks or 1, model)
+                 for model in models}
                 for rows, classes, ranks in shapes for dtype in args.dtype]
-    print(format_markdown(profiles) if args.markdown else format_table(profiles))
+    profiles = [call for calls in by_model for call in calls.values()]
+    if args.fallback:
+        cells = fallback_rows(by_model)
+        print(_markdown(FALLBACK_COLUMNS, cells) if args.markdown
+              else _aligned(FALLBACK_COLUMNS, cells))
+    else:
+        print(format_markdown(profiles) if args.markdown else format_table(profiles))
     if args.json:
         Path(args.json).write_text(json.dumps([dataclasses.asdict(p) for p in profiles],
                                               indent=2))

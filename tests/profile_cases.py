@@ -180,6 +180,13 @@ def ldrld_cases() -> list:
         results.append({"case": f"{rows}x{classes} k={k} {s_dtype}/{t_dtype} {rank_by}",
                         "kernels": [profile.profile_launch(launch, rows, classes).name
                                     for launch in launches]})
+        if classes in (1000, 131072):  # whole rows and split ones, on each rows model
+            results[-1]["rows_models"] = {
+                model: {kernel.name: [kernel.instructions_per_element, kernel.hints]
+                        for kernel in (profile.profile_launch(launch, rows, classes,
+                                                              rows_model=model)
+                                       for launch in launches)}
+                for model in profile.ROW_MODELS}
     return results
 
 
