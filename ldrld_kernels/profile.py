@@ -20,11 +20,16 @@ Counting. Executed SASS instructions per thread = straight-line code once, plus 
 body times its trip count for the profiled shape. Every loop in a kernel carries its trip
 count as a comment on its ``for`` line, ``# trips: EXPR``, evaluated over the launch's
 arguments (by name), ``num_programs(axis)``, ``cdiv`` and the kernel module's
-``profile_hints`` (simulated means on random normal logits where the count depends on the
-data, e.g. top-k insertion rounds); a conditional block may carry ``# runs: EXPR``, the
+``profile_hints(kernel_name, arguments, rows_model)`` (simulated means where the count depends
+on the data, e.g. how often a fallback runs: on random normal logits, or on the structured
+rows of ``--rows-model``); a conditional block may carry ``# runs: EXPR``, the
 probability that it runs. SASS loops are found from their backward branches and matched to
 the ``for`` line through the line information of the branch; an untagged loop is an error,
-never a silent guess. Other conditional code is counted as always executed (an upper bound).
+never a silent guess. The tags are read from the kernel's source as imported now (the source
+text of the JIT functions it reaches), never from the files the line information names: a
+binary from Triton's cache names the path it was first compiled from, which may since have
+moved, gone or changed (the cache is keyed by the functions' source and first lines, not
+their paths). Other conditional code is counted as always executed (an upper bound).
 Instructions per logit element = executed per thread x threads x programs / (rows x C),
 summed over the launches of the call.
 
@@ -40,7 +45,6 @@ import contextlib
 import dataclasses
 import importlib
 import json
-import linecache
 import math
 import os
 import re
@@ -53,6 +57,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 
 import torch
 
@@ -196,6 +201,7 @@ class Instruction:
     operands: str
     source: tuple[str, int] | None
     target: str | None = None  # branch label
+    tag: tuple[str, str] | None = None  # ("trips" | "runs", expression) of its source line
 
     @property
     def width_bits(self) -> int:
@@ -226,22 +232,91 @@ def _read_cubin(tool: str, options: list[str], cubin: bytes) -> str:
                               text=True, check=True).stdout
 
 
-def disassemble(cubin: bytes) -> tuple[list[Instruction], dict[str, int]]:
-    """The kernel's instructions with their source lines, and its branch labels."""
+@dataclass(frozen=True)
+class _Function:
+    """The source of one JIT function as imported now: its file and its lines from ``first``
+    (what Triton compiles and keys its cache by, with ``first``)."""
+
+    path: str
+    first: int
+    lines: tuple[str, ...]
+
+
+class KernelSource:
+    """The source lines of a kernel and of the JIT functions it can reach (the helpers inlined
+    into it), as imported now. ``locate`` maps a line of a binary's line information, whose
+    path may be that of another copy of the same source, to the function's current file and
+    line text: by the file's name and the line range of a function of that name's file (the
+    line numbers are part of Triton's cache key, the path is not)."""
+
+    def __init__(self, kernels: Sequence[object] = ()):
+        from triton.runtime.jit import JITFunction
+
+        functions, seen, todo = [], set(), list(kernels)
+        while todo:
+            jit = todo.pop()
+            if id(jit) in seen:
+                continue
+            seen.add(id(jit))
+            functions.append(_Function(jit.fn.__code__.co_filename, jit.starting_line_number,
+                                       tuple(jit.raw_src)))
+            for value in jit.fn.__globals__.values():
+                for candidate in (vars(value).values() if isinstance(value, ModuleType)
+                                  else (value,)):
+                    if isinstance(candidate, JITFunction):
+                        todo.append(candidate)
+        self.functions = functions
+
+    def locate(self, path: str, line: int) -> tuple[str, str] | None:
+        """(current path, text) of ``path:line``, or None outside the kernel's functions."""
+        name = Path(path).name
+        found = {function.path: function.lines[line - function.first]
+                 for function in self.functions
+                 if Path(function.path).name == name
+                 and function.first <= line < function.first + len(function.lines)}
+        if len(found) > 1:  # files of one name: the one whose directories match the most
+            best = max(_common_tail(candidate, path) for candidate in found)
+            found = {key: text for key, text in found.items()
+                     if _common_tail(key, path) == best}
+            if len(found) > 1:
+                raise ValueError(f"line info {path}:{line} matches several sources: "
+                                 f"{', '.join(sorted(found))}")
+        return next(iter(found.items()), None)
+
+
+def _common_tail(a: str, b: str) -> int:
+    """How many trailing components the paths ``a`` and ``b`` share."""
+    count = 0
+    for ours, theirs in zip(reversed(Path(a).parts), reversed(Path(b).parts), strict=False):
+        if ours != theirs:
+            break
+        count += 1
+    return count
+
+
+def disassemble(cubin: bytes, source: KernelSource | None = None
+                ) -> tuple[list[Instruction], dict[str, int]]:
+    """The kernel's instructions with their source lines, and its branch labels; each line
+    with its ``# trips:`` / ``# runs:`` tag when it is a line of ``source``."""
     text = _read_cubin("nvdisasm", ["-c", "-g"], cubin)
+    source_of = source or KernelSource()
     instructions: list[Instruction] = []
     labels: dict[str, int] = {}
-    source = None
+    where, tag = None, None
     for line in text.splitlines():
         if match := _SOURCE.search(line):
-            source = (match["file"], int(match["line"]))
+            where, tag = (match["file"], int(match["line"])), None
+            if located := source_of.locate(*where):
+                where = (located[0], where[1])
+                if found := _TAG.search(located[1]):
+                    tag = (found["kind"], found["expr"])
         elif match := _LABEL.match(line.strip()):
             labels[match["label"]] = len(instructions)
         elif match := _INSTRUCTION.match(line):
             target = _TARGET.search(match["operands"])
             instructions.append(Instruction(
                 int(match["address"], 16), match["predicate"] is not None, match["opcode"],
-                match["operands"].strip(), source, target["label"] if target else None))
+                match["operands"].strip(), where, target["label"] if target else None, tag))
     return instructions, labels
 
 
@@ -252,16 +327,6 @@ def resource_usage(cubin: bytes) -> dict[str, int]:
     function = text[text.index("Function"):] if "Function" in text else text
     return {key: int(value) for key, value in re.findall(r"\b(REG|STACK|SHARED|LOCAL):(\d+)",
                                                          function)}
-
-
-def _source_line(source: tuple[str, int]) -> str:
-    """The text of a kernel source line. A cached kernel may name the path of another copy of
-    the same source (Triton's cache is keyed by the source, not its path): fall back to the
-    module of the same name in this package."""
-    path, line = source
-    if not os.path.exists(path):
-        path = str(Path(__file__).with_name(Path(path).name))
-    return linecache.getline(path, line)
 
 
 def _successors(index: int, instructions: list[Instruction], labels: dict[str, int]):
@@ -316,16 +381,15 @@ def execution_counts(instructions: list[Instruction], labels: dict[str, int],
                 spans[target] = max(spans.get(target, index), index)
     regions: dict[int, Region] = {}
     for first, last in spans.items():
-        source = _loop_source(first, last, spans, instructions)
-        regions[first] = Region("loop", first, last, source,
-                                evaluate("trips", _tag(source)[1], source))
+        source, expr = _loop_source(first, last, spans, instructions)
+        regions[first] = Region("loop", first, last, source, evaluate("trips", expr, source))
     _split_unrolled(list(regions.values()), instructions)
     for index in sorted(reachable):
         instruction = instructions[index]
         op = instruction.opcode.split(".")[0]
         if not instruction.predicated or op not in ("BRA", "EXIT"):
             continue
-        tag = _tag(instruction.source)
+        tag = instruction.tag
         if tag is None or tag[0] != "runs":
             continue
         last = labels[instruction.target] - 1 if op == "BRA" else len(instructions) - 1
@@ -350,26 +414,26 @@ _LOOP_CONTROL = {"BRA", "ISETP", "UISETP", "VIADD", "IADD3", "UIADD3", "IMAD", "
 
 
 def _loop_source(first: int, last: int, spans: dict[int, int],
-                 instructions: list[Instruction]) -> tuple[str, int]:
-    """The tagged ``for`` line of the loop ``first..last``: the line of its backward branch
-    when that carries a ``# trips:`` tag, else the one tagged line among the loop's own
-    instructions (outside the loops nested in it); the branch's line can be that of a
-    library function inlined at the end of the body."""
-    branch = instructions[last].source
-    tag = _tag(branch)
-    if tag is not None and tag[0] == "trips":
-        return branch
+                 instructions: list[Instruction]) -> tuple[tuple[str, int], str]:
+    """The tagged ``for`` line of the loop ``first..last`` and its trip count expression: the
+    line of its backward branch when that carries a ``# trips:`` tag, else the one tagged line
+    among the loop's own instructions (outside the loops nested in it); the branch's line can
+    be that of a library function inlined at the end of the body."""
+    branch = instructions[last]
+    if branch.tag is not None and branch.tag[0] == "trips":
+        return branch.source, branch.tag[1]
     nested = [(a, b) for a, b in spans.items() if first <= a and b <= last and (a, b) != (first,
                                                                                           last)]
-    own = {instructions[i].source for i in range(first, last + 1)
-           if not any(a <= i <= b for a, b in nested)}
-    tagged = sorted({source for source in own if (_tag(source) or ("",))[0] == "trips"},
-                    key=lambda source: (source[0], source[1]))
+    tagged = sorted({(instructions[i].source, instructions[i].tag[1])
+                     for i in range(first, last + 1)
+                     if not any(a <= i <= b for a, b in nested)
+                     and instructions[i].tag is not None and instructions[i].tag[0] == "trips"})
     if len(tagged) != 1:
         raise ValueError(
             f"loop at SASS {instructions[first].address:#x}-{instructions[last].address:#x} "
-            f"(branch at {_where(branch)}): {len(tagged)} '# trips:' tagged lines among its "
-            f"instructions ({', '.join(map(_where, tagged)) or 'none'}); expected one")
+            f"(branch at {_where(branch.source)}): {len(tagged)} '# trips:' tagged lines among "
+            f"its instructions ({', '.join(_where(where) for where, _ in tagged) or 'none'}); "
+            f"expected one")
     return tagged[0]
 
 
@@ -404,13 +468,6 @@ def _split_unrolled(loops: list[Region], instructions: list[Instruction]) -> Non
             loop.kind = "remainder loop" if u == 1 else f"loop unrolled x{u}"
 
 
-def _tag(source: tuple[str, int] | None) -> tuple[str, str] | None:
-    if source is None:
-        return None
-    match = _TAG.search(_source_line(source))
-    return (match["kind"], match["expr"]) if match else None
-
-
 def _where(source: tuple[str, int] | None) -> str:
     return "unknown" if source is None else f"{Path(source[0]).name}:{source[1]}"
 
@@ -441,32 +498,41 @@ class KernelProfile:
     load_128_fraction: float  # of the executed global-load bytes
     store_128_fraction: float
     loops: list[str] = field(default_factory=list)  # "file:line x trips"
+    # the values of the kernel module's profile_hints that its tags used (simulated rates)
+    hints: dict[str, float] = field(default_factory=dict)
 
 
-def _namespace(launch: Launch) -> dict:
+def _namespace(launch: Launch, rows_model: str = "normal") -> tuple[dict, dict]:
+    """The names a tag may use for ``launch``, and which of them the kernel module's
+    ``profile_hints`` gave (for rows of ``rows_model``)."""
     values = {name: value for name, value in launch.args.items()
               if not isinstance(value, torch.Tensor)}
     values.update(cdiv=lambda a, b: -(-a // b),
                   num_programs=lambda axis: launch.grid[axis] if axis < len(launch.grid) else 1)
     module = importlib.import_module(launch.kernel.fn.__module__)
-    hints = getattr(module, "profile_hints", None)
-    if hints is not None:
-        values.update(hints(launch.kernel.fn.__name__, dict(values)))
-    return values
+    profile_hints = getattr(module, "profile_hints", None)
+    hints = {} if profile_hints is None else profile_hints(
+        launch.kernel.fn.__name__, dict(values), rows_model=rows_model)
+    values.update(hints)
+    return values, hints
 
 
 def profile_launch(launch: Launch, rows: int, classes: int, launches: int = 1,
-                   programs: int | None = None) -> KernelProfile:
+                   programs: int | None = None, rows_model: str = "normal") -> KernelProfile:
     """Resources and executed-instruction counts of one launch, per element of a call on
     ``rows`` x ``classes`` logits; or of ``launches`` alike (the waves of wide rows) that
-    run ``programs`` programs in all."""
+    run ``programs`` programs in all; data-dependent counts simulated on rows of
+    ``rows_model``."""
     cubin = launch.compiled.asm["cubin"]
-    instructions, labels = disassemble(cubin)
-    namespace = _namespace(launch)
+    instructions, labels = disassemble(cubin, KernelSource([launch.kernel]))
+    namespace, hints = _namespace(launch, rows_model)
+    used: set[str] = set()
 
     def evaluate(kind: str, expr: str, source) -> float:
         try:
-            return float(eval(expr, {"__builtins__": {"min": min, "max": max}}, namespace))
+            code = compile(expr, "<tag>", "eval")
+            used.update(code.co_names)
+            return float(eval(code, {"__builtins__": {"min": min, "max": max}}, namespace))
         except Exception as error:  # name the tag that failed
             raise ValueError(f"cannot evaluate '# {kind}: {expr}' at {_where(source)} for "
                              f"{launch.name}: {error}") from error
@@ -512,6 +578,7 @@ def profile_launch(launch: Launch, rows: int, classes: int, launches: int = 1,
         load_128_fraction=fraction("LDG"), store_128_fraction=fraction("STG"),
         loops=[f"{region.kind} {_where(region.source)} x {region.factor:g}"
                for region in regions],
+        hints={name: hints[name] for name in sorted(used) if name in hints},
     )
 
 
@@ -527,6 +594,7 @@ class CallProfile:
     kernels: list[KernelProfile]
     hbm_bytes_per_element: float = 0.0  # the design's model (policy.hbm_bytes_per_element)
     ranks: int = 1  # vocabulary parallel: one rank's slice of the classes, C / ranks
+    rows_model: str = "normal"  # the rows its data-dependent counts were simulated on
     instructions_per_element: float = 0.0
     ceiling_h100: float = 0.0  # % of copy bandwidth the issue rate allows
     ceiling_h200: float = 0.0
@@ -578,11 +646,13 @@ def compile_call(student: torch.Tensor, teacher: torch.Tensor, target: torch.Ten
 
 
 def profile_call(rows: int, classes: int, dtype: str = "bfloat16", k: int = 7,
-                 target: bool = True, teacher_grad: bool = False, ranks: int = 1) -> CallProfile:
+                 target: bool = True, teacher_grad: bool = False, ranks: int = 1,
+                 rows_model: str = "normal") -> CallProfile:
     """Compile and count every kernel of one training-step call on ``rows`` x ``classes``
     logits of ``dtype`` (the student's gradient, and the teacher's with ``teacher_grad``);
     with ``ranks`` > 1, of the first rank of a vocabulary-parallel call (C / ranks classes,
-    rounded up), counted per element of its slice."""
+    rounded up), counted per element of its slice; data-dependent counts (the exact-selection
+    fallback) simulated on rows of ``rows_model`` (``ROW_MODELS``)."""
     torch_dtype = DTYPES[dtype]
     width = -(-classes // ranks)
     student = torch.empty(rows, width, dtype=torch_dtype)
@@ -601,12 +671,13 @@ def profile_call(rows: int, classes: int, dtype: str = "bfloat16", k: int = 7,
         alike.setdefault(key, []).append(launch)
     return CallProfile(rows, classes, dtype, k, target, teacher_grad, moved,
                        [profile_launch(group[0], rows, width, len(group),
-                                       sum(math.prod(launch.grid) for launch in group))
+                                       sum(math.prod(launch.grid) for launch in group),
+                                       rows_model)
                         for group in alike.values()],
                        hbm_bytes_per_element=policy.hbm_bytes_per_element(
                            rows, classes, torch_dtype.itemsize, torch_dtype.itemsize,
                            teacher_grad, HOPPER, ranks),
-                       ranks=ranks)
+                       ranks=ranks, rows_model=rows_model)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -652,11 +723,13 @@ BUDGETS: dict[tuple[int, int, str, int], Budget] = {
 
 
 def check_budgets(profiles: Sequence[CallProfile]) -> list[str]:
-    """One line per broken budget (profiles of calls without a budget are not held)."""
+    """One line per broken budget (profiles of calls without a budget are not held, nor those
+    simulated on other rows than the normal ones the budgets are for)."""
     broken = []
     for call in profiles:
         budget = BUDGETS.get((call.rows, call.classes, call.dtype, call.ranks))
-        if budget is None or call.k != 7 or not call.target or call.teacher_grad:
+        if (budget is None or call.k != 7 or not call.target or call.teacher_grad
+                or call.rows_model != "normal"):
             continue
         where = f"{call.rows} x {call.classes}{_per_rank(call)} {call.dtype}"
         if call.instructions_per_element > budget.instructions_per_element:
@@ -719,20 +792,60 @@ def table_rows(profiles: Sequence[CallProfile]) -> list[list[str]]:
     return rows
 
 
-def format_table(profiles: Sequence[CallProfile]) -> str:
-    rows = [list(COLUMNS)] + table_rows(profiles)
-    widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
-    lines = ["  ".join(cell.rjust(width) if i not in (2, 3) else cell.ljust(width)
+def _aligned(columns: Sequence[str], cells: list[list[str]]) -> str:
+    rows = [list(columns)] + cells
+    widths = [max(len(row[i]) for row in rows) for i in range(len(columns))]
+    lines = ["  ".join(cell.ljust(width) if columns[i] in ("dtype", "kernel") else
+                       cell.rjust(width)
                        for i, (cell, width) in enumerate(zip(row, widths, strict=True)))
              for row in rows]
     lines.insert(1, "-" * len(lines[0]))
     return "\n".join(lines)
 
 
-def format_markdown(profiles: Sequence[CallProfile]) -> str:
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(row) + " |" for row in table_rows(profiles)]
+def _markdown(columns: Sequence[str], cells: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(row) + " |" for row in cells]
     return "\n".join(lines) + "\n"
+
+
+def format_table(profiles: Sequence[CallProfile]) -> str:
+    return _aligned(COLUMNS, table_rows(profiles))
+
+
+def format_markdown(profiles: Sequence[CallProfile]) -> str:
+    return _markdown(COLUMNS, table_rows(profiles))
+
+
+def fallback_rate(call: CallProfile) -> float | None:
+    """How often the call's exact-selection fallback runs, per program of the kernel that
+    selects (None when no kernel of the call has one)."""
+    rates = [kernel.hints["exact_selection"] for kernel in call.kernels
+             if "exact_selection" in kernel.hints]
+    return max(rates) if rates else None
+
+
+# The rows a kernel module's profile_hints simulates its data-dependent counts on (the models
+# are described with ``triton_fused.row_logits``): i.i.d. normal logits, the best classes at
+# low ids, the best classes LANES x VEC apart (all on one thread).
+ROW_MODELS = ("normal", "clustered", "spaced")
+FALLBACK_COLUMNS = ("rows", "C", "dtype", *(f"fallback {m}" for m in ROW_MODELS),
+                    *(f"instr/el {m}" for m in ROW_MODELS), "spaced / normal")
+
+
+def fallback_rows(by_model: Sequence[dict[str, CallProfile]]) -> list[list[str]]:
+    """The fallback's rate (per program of the selecting kernel) and the call's instructions
+    per element on each of ``ROW_MODELS``: one row per call, from a dict model -> profile."""
+    rows = []
+    for calls in by_model:
+        normal = calls["normal"]
+        rates = [fallback_rate(calls[model]) for model in ROW_MODELS]
+        counts = [calls[model].instructions_per_element for model in ROW_MODELS]
+        rows.append([str(normal.rows), f"{normal.classes}{_per_rank(normal)}", normal.dtype,
+                     *("-" if rate is None else f"{100 * rate:.2f}%" for rate in rates),
+                     *(f"{count:.1f}" for count in counts),
+                     f"{counts[-1] / max(counts[0], 1e-9):.2f}"])
+    return rows
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -751,7 +864,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", metavar="PATH", help="write the profiles as JSON there")
     parser.add_argument("--markdown", action="store_true", help="print a Markdown table")
     parser.add_argument("--check", action="store_true",
-                        help="exit 1 when a budget of profile.BUDGETS is broken")
+                        help="exit 1 when a budget of profile.BUDGETS is broken (on normal "
+                             "rows)")
+    parser.add_argument("--rows-model", choices=ROW_MODELS, default="normal",
+                        help="the rows the exact-selection fallback's rate is simulated on: "
+                             "i.i.d. normal logits (default), the best classes clustered at "
+                             "low ids, or spaced LANES x VEC apart (on one thread)")
+    parser.add_argument("--fallback", action="store_true",
+                        help="instead of the table: the fallback's rate and the call's "
+                             "instructions per element on each rows model")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -765,12 +886,20 @@ def run(args: argparse.Namespace) -> int:
                         key=lambda shape: (shape[2], shape[1], -shape[0]))
     print(f"ldrld profile: Triton {triton.__version__}, sm_{SM_TARGET}, "
           f"k={args.k}, {'no target' if args.no_target else 'with target'}, "
-          f"{'student and teacher' if args.teacher_grad else 'student'} gradient",
-          flush=True)
-    profiles = [profile_call(rows, classes, dtype, args.k, not args.no_target,
-                             args.teacher_grad, ranks or 1)
+          f"{'student and teacher' if args.teacher_grad else 'student'} gradient", end="")
+    models = ROW_MODELS if args.fallback else (args.rows_model,)
+    print(f", {' / '.join(models)} rows" if models != ("normal",) else "", flush=True)
+    by_model = [{model: profile_call(rows, classes, dtype, args.k, not args.no_target,
+                                     args.teacher_grad, ranks or 1, model)
+                 for model in models}
                 for rows, classes, ranks in shapes for dtype in args.dtype]
-    print(format_markdown(profiles) if args.markdown else format_table(profiles))
+    profiles = [call for calls in by_model for call in calls.values()]
+    if args.fallback:
+        cells = fallback_rows(by_model)
+        print(_markdown(FALLBACK_COLUMNS, cells) if args.markdown
+              else _aligned(FALLBACK_COLUMNS, cells))
+    else:
+        print(format_markdown(profiles) if args.markdown else format_table(profiles))
     if args.json:
         Path(args.json).write_text(json.dumps([dataclasses.asdict(p) for p in profiles],
                                               indent=2))

@@ -1087,31 +1087,80 @@ def loop_counts(classes: int, lanes: int, vec: int, shifted: bool,
     return counts
 
 
-def profile_hints(kernel_name: str, args: dict) -> dict[str, float]:
-    """For ``ldrld profile``: the chunk counts of the kernel's loops, and how often the exact
-    selection runs, simulated on random normal logits (1024 rows or splits): the fraction of
-    programs in which a key that fell off some thread's list reaches their k best."""
-    if kernel_name != "_ldrld_fused_kernel":
-        return {}
-    k, lanes, vec, kpl, rows = args["k"], args["LANES"], args["VEC"], args["KPL"], args["ROWS"]
-    hints = loop_counts(args["C"], lanes, vec, args["SHIFTED"], args["split_chunks"])
-    # the classes a program selects among: its rows, or its split
-    classes = min(args["C"], args["split_chunks"] * lanes * vec or args["C"])
-    samples = 1024
-    generator = torch.Generator().manual_seed(0)
+# Rows whose exact-selection rate ``ldrld profile --rows-model`` simulates:
+# - normal: i.i.d. standard normal logits;
+# - clustered: the best classes at low ids, as a BPE vocabulary numbered by frequency gives:
+#   2 z - ln(1 + id) (z standard normal; Zipf's law, p ~ 1 / (1 + id), on top of the noise);
+# - spaced: normal logits, and 8 added to one class of every chunk of LANES x VEC (the same
+#   offset in each, at random per row), so that the row's best groups all fall on one thread.
+ROW_MODELS = ("normal", "clustered", "spaced")
+
+
+def row_logits(rows_model: str, samples: int, classes: int, starts: torch.Tensor, period: int,
+               generator: torch.Generator) -> torch.Tensor:
+    """``samples`` rows of ``rows_model``, each the classes ``starts[i]`` to ``starts[i] +
+    classes`` (a split of a wider row starts past 0; splits start on whole chunks, multiples of
+    ``period``, which is LANES x VEC), float32."""
     logits = torch.randn(samples, classes, generator=generator)
+    if rows_model == "clustered":
+        for start in starts.unique().tolist():
+            ids = torch.arange(start, start + classes, dtype=torch.float64)
+            logits[starts == start] = 2 * logits[starts == start] - torch.log1p(ids).float()
+    elif rows_model == "spaced":
+        phase = torch.randint(0, period, (samples, 1), generator=generator)
+        columns = phase + period * torch.arange(-(-classes // period))[None, :]
+        logits.scatter_add_(1, columns.clamp(max=classes - 1),
+                            (columns < classes).float() * 8.0)
+    elif rows_model != "normal":
+        raise ValueError(f"rows_model must be one of {ROW_MODELS}, got {rows_model!r}")
+    return logits
+
+
+def fallback_rate(logits: torch.Tensor, k: int, lanes: int, vec: int, kpl: int,
+                  rows: int) -> float:
+    """The fraction of programs of ``rows`` of these rows each (consecutive) that run the exact
+    selection: those with a row where a key that fell off some thread's list of its ``kpl``
+    best groups reaches the row's k best (group g of VEC classes is thread g mod LANES's)."""
+    samples, classes = logits.shape
     groups = -(-classes // vec)
     keys = torch.nn.functional.pad(logits, (0, groups * vec - classes), value=-float("inf"))
     keys = keys.reshape(samples, groups, vec).amax(dim=2)
-    # group g belongs to thread g % lanes, which keeps its kpl best groups
     by_thread = torch.nn.functional.pad(keys, (0, -groups % lanes), value=-float("inf"))
     by_thread = by_thread.reshape(samples, -1, lanes).sort(dim=1, descending=True).values
     if by_thread.shape[1] <= kpl:
-        hints["exact_selection"] = 0.0
-        return hints
+        return 0.0
     dropped = by_thread[:, kpl:, :].amax(dim=1)
     kth = keys.topk(min(k, groups), dim=1).values[:, -1:]
     unsure = ((dropped >= kth) & (dropped > -float("inf"))).any(dim=1)
     programs = unsure[: samples - samples % rows].reshape(-1, rows).any(dim=1)
-    hints["exact_selection"] = programs.float().mean().item()
+    return programs.float().mean().item()
+
+
+def selection_rows(args: dict, rows_model: str = "normal", samples: int = 1024
+                   ) -> torch.Tensor:
+    """The rows whose selection ``profile_hints`` simulates for a launch of the kernel with
+    ``args``: ``samples`` rows of ``rows_model`` (``ROW_MODELS``) as wide as the classes a
+    program selects among (its rows, or its split: then each at a random split of its row)."""
+    lanes, vec = args["LANES"], args["VEC"]
+    classes = min(args["C"], args["split_chunks"] * lanes * vec or args["C"])
+    generator = torch.Generator().manual_seed(0)
+    if rows_model == "normal":  # (no split drawn: the same rows as before the other models)
+        starts = torch.zeros(samples, dtype=torch.long)
+    else:
+        starts = torch.randint(0, args["splits"], (samples,), generator=generator) * classes
+    return row_logits(rows_model, samples, classes, starts, lanes * vec, generator)
+
+
+def profile_hints(kernel_name: str, args: dict, rows_model: str = "normal") -> dict[str, float]:
+    """For ``ldrld profile``: the chunk counts of the kernel's loops, and how often the exact
+    selection runs, simulated on 1024 rows of ``rows_model`` (``selection_rows``): the
+    fraction of programs in which a key that fell off some thread's list reaches their k
+    best."""
+    if kernel_name != "_ldrld_fused_kernel":
+        return {}
+    hints = loop_counts(args["C"], args["LANES"], args["VEC"], args["SHIFTED"],
+                        args["split_chunks"])
+    hints["exact_selection"] = fallback_rate(selection_rows(args, rows_model), args["k"],
+                                             args["LANES"], args["VEC"], args["KPL"],
+                                             args["ROWS"])
     return hints

@@ -7,9 +7,16 @@ and the LDRLD kernels over the variants the launchers choose between (dtypes, k,
 rank_by, gradients), which must all compile with the Triton installed.
 """
 
+import contextlib
 import dataclasses
+import importlib.util
 import json
+import linecache
+import os
+import shutil
 import sys
+import tempfile
+from pathlib import Path
 
 import torch
 import triton
@@ -61,6 +68,73 @@ def _one(kernel, grid, *args, **kwargs) -> profile.Launch:
     return launch
 
 
+# A kernel module of its own, to import from two places: the same source at two paths.
+MOVED_SOURCE = """import triton
+import triton.language as tl
+
+
+@triton.jit
+def _moved_loop_kernel(out_ptr, x_ptr, n, BLOCK: tl.constexpr):
+    offsets = tl.arange(0, BLOCK)
+    acc = tl.load(x_ptr + offsets)
+    for _ in range(n):  # trips: n
+        acc = acc * acc + 1.0
+    tl.store(out_ptr + offsets, acc)
+"""
+
+
+@contextlib.contextmanager
+def _triton_cache(path: Path):
+    previous = os.environ.get("TRITON_CACHE_DIR")
+    os.environ["TRITON_CACHE_DIR"] = str(path)
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ["TRITON_CACHE_DIR"]
+        else:
+            os.environ["TRITON_CACHE_DIR"] = previous
+
+
+def _profile_moved(path: Path, module_name: str):
+    """The moved loop kernel imported from ``path``: (its instructions per element or the
+    profiler's error, the paths its binary's line information names)."""
+    linecache.clearcache()  # each step as in a process of its own
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    module = sys.modules[module_name] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    src = torch.empty(128)
+    launch = _one(module._moved_loop_kernel, (1,), src, src, 10, BLOCK=128, num_warps=4)
+    text = profile._read_cubin("nvdisasm", ["-c", "-g"], launch.compiled.asm["cubin"])
+    named = sorted({match["file"] for match in profile._SOURCE.finditer(text)})
+    try:
+        counted = profile.profile_launch(launch, 1, 128).instructions_per_element
+    except ValueError as error:
+        counted = str(error)
+    return counted, named
+
+
+def moved_source_case() -> dict:
+    """One kernel profiled from a checkout, then from the same source at another path with the
+    same Triton cache (the binary comes from the cache and names the first path): after the
+    first checkout moved away, and with a changed file back at the first path."""
+    with tempfile.TemporaryDirectory() as tmp, _triton_cache(Path(tmp) / "cache"):
+        first = Path(tmp) / "first" / "moved_kernel.py"
+        second = Path(tmp) / "second" / "moved_kernel.py"
+        first.parent.mkdir()
+        first.write_text(MOVED_SOURCE)
+        counted_first, _ = _profile_moved(first, "moved_kernel_first")
+        shutil.move(first.parent, second.parent)
+        counted_moved, named_moved = _profile_moved(second, "moved_kernel_moved")
+        first.parent.mkdir()
+        # (a line longer, and another trip count: read there, the loop would count double)
+        first.write_text("# another version\n" + MOVED_SOURCE.replace("trips: n", "trips: 2 * n"))
+        counted_changed, named_changed = _profile_moved(second, "moved_kernel_changed")
+        return {"first": counted_first, "moved": counted_moved, "changed": counted_changed,
+                "cached_from_first": str(first) in named_moved and str(first) in named_changed
+                and str(second) not in named_moved + named_changed}
+
+
 def instrument_cases() -> dict:
     rows, classes = 64, 4096
     src = torch.empty(rows * classes)
@@ -80,6 +154,7 @@ def instrument_cases() -> dict:
         out["untagged"] = str(error)
     launch = _one(_spill_kernel, (1,), dst, src, BLOCK=16384, num_warps=1)
     out["spill"] = dataclasses.asdict(profile.profile_launch(launch, 1, 16384))
+    out["moved"] = moved_source_case()
     return out
 
 
@@ -105,6 +180,13 @@ def ldrld_cases() -> list:
         results.append({"case": f"{rows}x{classes} k={k} {s_dtype}/{t_dtype} {rank_by}",
                         "kernels": [profile.profile_launch(launch, rows, classes).name
                                     for launch in launches]})
+        if classes in (1000, 131072):  # whole rows and split ones, on each rows model
+            results[-1]["rows_models"] = {
+                model: {kernel.name: [kernel.instructions_per_element, kernel.hints]
+                        for kernel in (profile.profile_launch(launch, rows, classes,
+                                                              rows_model=model)
+                                       for launch in launches)}
+                for model in profile.ROW_MODELS}
     return results
 
 

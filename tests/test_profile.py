@@ -10,8 +10,9 @@ import json
 import os
 
 import pytest
+import torch
 
-from ldrld_kernels import profile
+from ldrld_kernels import profile, triton_fused
 from tests import profile_cases
 from tests.helpers import ROOT, run_python
 
@@ -67,6 +68,17 @@ def test_untagged_loop_is_an_error(cases):
 
 
 @requires_compiler
+def test_counts_do_not_depend_on_the_path_in_the_cache(cases):
+    # issue 21: the same kernel source at a second path compiles to the first path's cached
+    # binary, whose line information names the first path; the tags are the kernel's own
+    moved = cases["instrument"]["moved"]
+    assert moved["cached_from_first"]  # the scenario happened: both binaries came from cache
+    assert isinstance(moved["first"], float), moved["first"]
+    assert moved["moved"] == moved["first"]  # the first checkout gone
+    assert moved["changed"] == moved["first"]  # another version of the file at its path
+
+
+@requires_compiler
 def test_spilling_kernel_reports_spills(cases):
     spill = cases["instrument"]["spill"]
     assert spill["spill_store_bytes"] > 1000 and spill["spill_load_bytes"] > 1000
@@ -82,6 +94,24 @@ def test_every_ldrld_variant_compiles(cases):
     # whole rows in one launch; wide rows in two phases of the same kernel
     assert {"_ldrld_fused_kernel", "_ldrld_fused_kernel:1", "_ldrld_fused_kernel:2",
             "_scale_kernel"} <= compiled
+
+
+@requires_compiler
+def test_rows_models_change_the_fallback_only(cases):
+    for case in cases["ldrld"]:
+        if "rows_models" not in case:
+            continue
+        normal, clustered, spaced = (case["rows_models"][m] for m in profile.ROW_MODELS)
+        for name, (count, hints) in normal.items():
+            if "exact_selection" not in hints:  # no selection: the same counts on any rows
+                assert clustered[name][0] == spaced[name][0] == count, (case["case"], name)
+                continue
+            # the tags used the simulated rate; on spaced rows every program falls back
+            assert hints["exact_selection"] < 0.05 and spaced[name][1]["exact_selection"] == 1
+            assert spaced[name][0] > count + 10, (case["case"], name)
+            assert clustered[name][0] <= spaced[name][0]
+        assert {"_ldrld_fused_kernel", "_ldrld_fused_kernel:1"} & {
+            name for name, (_, hints) in normal.items() if "exact_selection" in hints}
 
 
 @requires_compiler
@@ -149,3 +179,106 @@ def test_check_names_each_broken_budget(monkeypatch):
                         profile.Budget(instructions_per_element=48, mufu_per_element=1.5))
     (line,) = profile.check_budgets([_call(40)])
     assert "2.00 MUFU operations per element > 1.5" in line
+
+
+# ---- The exact-selection fallback on structured rows (issue 21, item 6) ---------------------
+
+
+def _streamed_fallback(logits, k, lanes, vec, kpl, rows):
+    """The kernel's selection as it streams (``triton_fused._insert`` and the k rounds after
+    it), chunk by chunk, in whole tensors over rows and threads: the fraction of programs of
+    ``rows`` rows in which it is unsure. Independent of ``triton_fused.fallback_rate``."""
+    samples, classes = logits.shape
+    chunk = lanes * vec
+    padded = torch.full((samples, -(-classes // chunk) * chunk), -float("inf"))
+    padded[:, :classes] = logits
+    keys = padded.reshape(samples, -1, lanes, vec).amax(dim=3)  # [rows, chunks, lanes]
+    v = torch.full((samples, lanes, kpl), -float("inf"))
+    g = torch.full((samples, lanes, kpl), 2**30)
+    dropped = torch.full((samples, lanes), -float("inf"))
+    for c in range(keys.shape[1]):
+        x = keys[:, c, :, None]
+        gx = (c * lanes + torch.arange(lanes))[None, :, None]
+        dropped = torch.maximum(dropped, torch.minimum(x[:, :, 0], v[:, :, -1]))
+        # x goes in before the first smaller key (strictly: ties keep the earlier group)
+        above = x > v
+        previous = torch.cat([torch.zeros_like(above[:, :, :1]), above[:, :, :-1]], dim=2)
+        v = torch.where(previous, v.roll(1, dims=2), torch.where(above, x, v))
+        g = torch.where(previous, g.roll(1, dims=2), torch.where(above, gx, g))
+    theta = torch.full((samples,), -float("inf"))
+    for _ in range(k):  # the best head of the threads' lists, ties to the smaller group
+        theta = v[:, :, 0].amax(dim=1)
+        group = torch.where(v[:, :, 0] == theta[:, None], g[:, :, 0], 2**30).amin(dim=1)
+        pop = (g[:, :, 0] == group[:, None])[:, :, None]
+        v = torch.where(pop, torch.cat([v[:, :, 1:], torch.full_like(v[:, :, :1],
+                                                                     -float("inf"))], dim=2), v)
+        g = torch.where(pop, torch.cat([g[:, :, 1:], torch.full_like(g[:, :, :1], 2**30)],
+                                       dim=2), g)
+    unsure = ((dropped >= theta[:, None]) & (dropped > -float("inf"))).any(dim=1)
+    return unsure[: samples - samples % rows].reshape(-1, rows).any(dim=1).float().mean().item()
+
+
+# launch arguments of whole rows with 64 threads of 2 candidates, and of a wide row's splits
+_WHOLE = {"C": 8192, "LANES": 64, "VEC": 8, "KPL": 2, "ROWS": 1, "k": 7, "SHIFTED": False,
+          "split_chunks": 0, "splits": 1}
+_SPLIT = {**_WHOLE, "C": 40000, "LANES": 32, "KPL": 3, "split_chunks": 8, "splits": 20}
+
+
+def test_row_models_are_the_kernels():
+    assert profile.ROW_MODELS == triton_fused.ROW_MODELS
+
+
+@pytest.mark.parametrize("args", [_WHOLE, _SPLIT, {**_WHOLE, "C": 4000, "LANES": 8, "KPL": 4,
+                                                   "ROWS": 4}], ids=["whole", "split", "rows4"])
+def test_fallback_rate_is_the_streamed_selection(args):
+    rates = {}
+    for model in profile.ROW_MODELS:
+        logits = triton_fused.selection_rows(args, model)
+        rates[model] = triton_fused.profile_hints("_ldrld_fused_kernel", args,
+                                                  model)["exact_selection"]
+        assert rates[model] == _streamed_fallback(logits, args["k"], args["LANES"],
+                                                  args["VEC"], args["KPL"], args["ROWS"])
+    # every row of the spaced model has its best groups on one thread; the clustered rows'
+    # best classes are consecutive groups, on different threads (and rarer than random ones)
+    assert rates["spaced"] == 1.0
+    assert rates["clustered"] != rates["normal"]
+
+
+def test_row_models_put_the_best_classes_where_they_say():
+    period = _WHOLE["LANES"] * _WHOLE["VEC"]
+    spaced = triton_fused.selection_rows(_WHOLE, "spaced", samples=64)
+    top = spaced.topk(7, dim=1).indices
+    assert (top % period == top[:, :1] % period).all()  # one class of every chunk
+    assert (top.diff(dim=1).abs() % period == 0).all()
+    clustered = triton_fused.selection_rows(_WHOLE, "clustered", samples=256)
+    normal = triton_fused.selection_rows(_WHOLE, "normal", samples=256)
+    assert clustered.topk(7, dim=1).indices.float().median() < 100
+    assert normal.topk(7, dim=1).indices.float().median() > 1000
+    # the normal rows are those of the profile before the other models (its counts unchanged)
+    generator = torch.Generator().manual_seed(0)
+    assert torch.equal(normal, torch.randn(256, 8192, generator=generator))
+
+
+def test_spaced_rows_never_fall_back_when_a_thread_keeps_all_its_groups():
+    # 4 chunks and 4 candidates: each thread keeps every group it sees
+    args = {**_WHOLE, "C": 2048, "LANES": 64, "VEC": 8, "KPL": 4}
+    assert triton_fused.profile_hints("_ldrld_fused_kernel", args, "spaced")[
+        "exact_selection"] == 0.0
+
+
+def test_fallback_table_and_budgets_on_structured_rows(monkeypatch):
+    def call(model, instructions, rate):
+        profile_ = _call(instructions)
+        profile_.kernels[0].hints = {"exact_selection": rate}
+        profile_.rows_model = model
+        return profile_
+
+    by_model = [{"normal": call("normal", 45, 0.001), "clustered": call("clustered", 45, 0.0),
+                 "spaced": call("spaced", 99, 1.0)}]
+    (row,) = profile.fallback_rows(by_model)
+    assert row == ["4096", "4096", "bfloat16", "0.10%", "0.00%", "100.00%", "45.0", "45.0",
+                   "99.0", "2.20"]
+    # the budgets hold the normal rows only
+    monkeypatch.setitem(profile.BUDGETS, (4096, 4096, "bfloat16", 1),
+                        profile.Budget(instructions_per_element=48))
+    assert profile.check_budgets(list(by_model[0].values())) == []
