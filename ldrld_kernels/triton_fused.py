@@ -16,8 +16,10 @@ chunk. The row is streamed three times, the second and third reads from L2:
    streaming, each thread keeps its KPL best groups, sorted, and the best key that fell off
    its list; the row's k best groups are the best k of the threads' lists, exact unless a
    key that fell off ranks with them. Then (about 0.1% of rows of random logits; the
-   profile simulates it) the program redoes the selection exactly: k streaming rounds, each
-   the best group ranked after the previous winner. The k winning groups (k x VEC classes,
+   profile simulates it) the program redoes the selection exactly: a streaming round per
+   rank, each the best group ranked after the previous winner, from the rank after its
+   fewest certain winners (those above every key that fell off a list: at least KPL when one
+   thread's list overflowed) to k. The k winning groups (k x VEC classes,
    gathered from L1/L2) give the exact top-k in rank order by k rounds of (max, smaller
    index).
 2. Statistics of the remaining classes. A winning group is left out with one comparison of
@@ -205,6 +207,21 @@ def _select_step(ptr, base, chunk, shift, C, stride_col, v0, g0, v1, g1, v2, g2,
     group = chunk * LANES + tl.arange(0, LANES)[None, :]
     return _insert(v0, g0, v1, g1, v2, g2, v3, g3, v4, g4, dropped, tl.max(key, axis=2), group,
                    KPL)
+
+
+@triton.jit
+def _after_step(ptr, base, chunk, shift, C, stride_col, theta_v, theta_g, best_v, best_g,
+                LANES: tl.constexpr, VEC: tl.constexpr, MASKED: tl.constexpr,
+                PACKED: tl.constexpr, VECTOR: tl.constexpr):
+    """One chunk of an exact-selection round: each thread's best group that ranks after
+    (theta_v, theta_g), ties to the smaller group."""
+    key = _load_chunk(ptr, base, chunk, shift, C, stride_col, LANES, VEC, MASKED, PACKED,
+                      VECTOR)
+    gm = tl.max(key, axis=2)
+    group = chunk * LANES + tl.arange(0, LANES)[None, :]
+    after = (gm < theta_v[:, None]) | ((gm == theta_v[:, None]) & (group > theta_g[:, None]))
+    better = after & (gm > best_v)
+    return tl.where(better, gm, best_v), tl.where(better, group, best_g)
 
 
 @triton.jit
@@ -741,6 +758,7 @@ def _ldrld_fused_kernel(
 
         # The k best groups: k rounds, each taking the best head of the threads' sorted lists.
         win_g = tl.full([ROWS, K_PAD], NO_GROUP, tl.int32)
+        win_v = tl.full([ROWS, K_PAD], -float("inf"), tl.float32)
         theta_v = tl.full([ROWS], -float("inf"), tl.float32)
         theta_g = tl.full([ROWS], NO_GROUP, tl.int32)
         for r in range(k):  # trips: k
@@ -752,25 +770,44 @@ def _ldrld_fused_kernel(
             v3, g3 = tl.where(pop, v4, v3), tl.where(pop, g4, g3)
             v4, g4 = tl.where(pop, -float("inf"), v4), tl.where(pop, NO_GROUP, g4)
             win_g = tl.where(ranks == r, theta_g[:, None], win_g)
+            win_v = tl.where(ranks == r, theta_v[:, None], win_v)
         # Exact unless a key that fell off some thread's list ranks with the k (ties count as
         # unsure).
         unsure = (dropped >= theta_v[:, None]) & (dropped > -float("inf")) & row_ok[:, None]
         if tl.max(tl.max(unsure.to(tl.int32), axis=1), axis=0) > 0:  # runs: exact_selection
-            theta_v = tl.full([ROWS], float("inf"), tl.float32)
-            theta_g = tl.full([ROWS], -1, tl.int32)
-            for r in range(k):  # trips: k
-                best_v = neg
-                best_g = empty
-                for chunk in range(lo, hi):  # trips: all_chunks
-                    key = _load_chunk(key_ptr, key_base, chunk, shift3, C, key_stride, LANES,
-                                      VEC, True, False, VECTOR)
-                    gm = tl.max(key, axis=2)
-                    group = chunk * LANES + tl.arange(0, LANES)[None, :]
-                    after = (gm < theta_v[:, None]) | ((gm == theta_v[:, None]) &
-                                                       (group > theta_g[:, None]))
-                    better = after & (gm > best_v)
-                    best_v = tl.where(better, gm, best_v)
-                    best_g = tl.where(better, group, best_g)
+            # A winner above every key that fell off a list is certain, at its rank (the heads
+            # come out in rank order, and no group off the lists ranks above those keys). The
+            # ranks from the program's fewest certain winners on, exactly: one pass over the
+            # chunks each for the best group after the last winner (for a row with more
+            # certain winners, the same ones again).
+            certain = tl.sum((win_v > tl.max(dropped, axis=1)[:, None]).to(tl.int32), axis=1)
+            r0 = tl.min(tl.where(tl.max(unsure.to(tl.int32), axis=1) > 0, certain, k), axis=0)
+            at = ranks == r0 - 1
+            theta_v = tl.where(r0 > 0, tl.max(tl.where(at, win_v, -float("inf")), axis=1),
+                               float("inf"))
+            theta_g = tl.where(r0 > 0, tl.max(tl.where(at, win_g, -1), axis=1), -1)
+            for r in range(r0, k):  # trips: exact_rounds
+                best_v, best_g = neg, empty
+                if SPLIT_PHASE == 0:
+                    # whole rows: the full chunks unmasked (of an unaligned row, half the cost)
+                    if SHIFTED:  # noqa: SIM102 (compile-time, then run-time)
+                        if lo == 0:
+                            best_v, best_g = _after_step(
+                                key_ptr, key_base, 0, shift3, C, key_stride, theta_v, theta_g,
+                                best_v, best_g, LANES, VEC, True, False, VECTOR)
+                    for chunk in range(full_lo, full_hi):  # trips: 2 * full_pairs + full_odd
+                        best_v, best_g = _after_step(
+                            key_ptr, key_base, chunk, shift3, C, key_stride, theta_v, theta_g,
+                            best_v, best_g, LANES, VEC, False, False, VECTOR)
+                    for chunk in range(tail_lo, hi):  # trips: masked_tail_chunks
+                        best_v, best_g = _after_step(
+                            key_ptr, key_base, chunk, shift3, C, key_stride, theta_v, theta_g,
+                            best_v, best_g, LANES, VEC, True, False, VECTOR)
+                else:  # a split's few chunks: one masked loop compiles to less
+                    for chunk in range(lo, hi):  # trips: all_chunks
+                        best_v, best_g = _after_step(
+                            key_ptr, key_base, chunk, shift3, C, key_stride, theta_v, theta_g,
+                            best_v, best_g, LANES, VEC, True, False, VECTOR)
                 theta_v, theta_g = _best_group(best_v, best_g)
                 win_g = tl.where(ranks == r, theta_g[:, None], win_g)
 
@@ -1116,11 +1153,13 @@ def row_logits(rows_model: str, samples: int, classes: int, starts: torch.Tensor
     return logits
 
 
-def fallback_rate(logits: torch.Tensor, k: int, lanes: int, vec: int, kpl: int,
-                  rows: int) -> float:
-    """The fraction of programs of ``rows`` of these rows each (consecutive) that run the exact
-    selection: those with a row where a key that fell off some thread's list of its ``kpl``
-    best groups reaches the row's k best (group g of VEC classes is thread g mod LANES's)."""
+def fallback(logits: torch.Tensor, k: int, lanes: int, vec: int, kpl: int,
+             rows: int) -> tuple[float, float]:
+    """The exact selection on these rows, in programs of ``rows`` of them each (consecutive):
+    the fraction of programs that run it (those with a row where a key that fell off some
+    thread's list of its ``kpl`` best groups reaches the row's k best; group g of VEC classes
+    is thread g mod LANES's), and the mean number of its rounds where it runs (k less the
+    fewest certain winners of the program's unsure rows: those above every dropped key)."""
     samples, classes = logits.shape
     groups = -(-classes // vec)
     keys = torch.nn.functional.pad(logits, (0, groups * vec - classes), value=-float("inf"))
@@ -1128,12 +1167,17 @@ def fallback_rate(logits: torch.Tensor, k: int, lanes: int, vec: int, kpl: int,
     by_thread = torch.nn.functional.pad(keys, (0, -groups % lanes), value=-float("inf"))
     by_thread = by_thread.reshape(samples, -1, lanes).sort(dim=1, descending=True).values
     if by_thread.shape[1] <= kpl:
-        return 0.0
-    dropped = by_thread[:, kpl:, :].amax(dim=1)
-    kth = keys.topk(min(k, groups), dim=1).values[:, -1:]
-    unsure = ((dropped >= kth) & (dropped > -float("inf"))).any(dim=1)
-    programs = unsure[: samples - samples % rows].reshape(-1, rows).any(dim=1)
-    return programs.float().mean().item()
+        return 0.0, float(k)
+    dropped = by_thread[:, kpl:, :].amax(dim=(1, 2))
+    listed = by_thread[:, :kpl, :].reshape(samples, -1)
+    winners = listed.topk(min(k, listed.shape[1]), dim=1).values
+    unsure = (dropped >= winners[:, -1]) & (dropped > -float("inf"))
+    certain = torch.where(unsure, (winners > dropped[:, None]).sum(dim=1), k)
+    programs = samples - samples % rows
+    runs = unsure[:programs].reshape(-1, rows).any(dim=1)
+    rounds = k - certain[:programs].reshape(-1, rows).amin(dim=1)
+    mean_rounds = rounds[runs].float().mean().item() if runs.any() else float(k)
+    return runs.float().mean().item(), mean_rounds
 
 
 def selection_rows(args: dict, rows_model: str = "normal", samples: int = 1024
@@ -1153,14 +1197,13 @@ def selection_rows(args: dict, rows_model: str = "normal", samples: int = 1024
 
 def profile_hints(kernel_name: str, args: dict, rows_model: str = "normal") -> dict[str, float]:
     """For ``ldrld profile``: the chunk counts of the kernel's loops, and how often the exact
-    selection runs, simulated on 1024 rows of ``rows_model`` (``selection_rows``): the
-    fraction of programs in which a key that fell off some thread's list reaches their k
-    best."""
+    selection runs and its rounds there, simulated on 1024 rows of ``rows_model``
+    (``selection_rows``, ``fallback``)."""
     if kernel_name != "_ldrld_fused_kernel":
         return {}
     hints = loop_counts(args["C"], args["LANES"], args["VEC"], args["SHIFTED"],
                         args["split_chunks"])
-    hints["exact_selection"] = fallback_rate(selection_rows(args, rows_model), args["k"],
-                                             args["LANES"], args["VEC"], args["KPL"],
-                                             args["ROWS"])
+    hints["exact_selection"], hints["exact_rounds"] = fallback(
+        selection_rows(args, rows_model), args["k"], args["LANES"], args["VEC"], args["KPL"],
+        args["ROWS"])
     return hints
