@@ -1170,7 +1170,9 @@ def fallback(logits: torch.Tensor, k: int, lanes: int, vec: int, kpl: int,
         return 0.0, float(k)
     dropped = by_thread[:, kpl:, :].amax(dim=(1, 2))
     listed = by_thread[:, :kpl, :].reshape(samples, -1)
-    winners = listed.topk(min(k, listed.shape[1]), dim=1).values
+    # (fewer listed groups than k: the kernel's last winners are -inf)
+    winners = torch.nn.functional.pad(listed.topk(min(k, listed.shape[1]), dim=1).values,
+                                      (0, max(k - listed.shape[1], 0)), value=-float("inf"))
     unsure = (dropped >= winners[:, -1]) & (dropped > -float("inf"))
     certain = torch.where(unsure, (winners > dropped[:, None]).sum(dim=1), k)
     programs = samples - samples % rows

@@ -290,3 +290,13 @@ def test_fallback_table_and_budgets_on_structured_rows(monkeypatch):
     monkeypatch.setitem(profile.BUDGETS, (4096, 4096, "bfloat16", 1),
                         profile.Budget(instructions_per_element=48))
     assert profile.check_budgets(list(by_model[0].values())) == []
+
+
+def test_fallback_when_k_exceeds_the_listed_groups():
+    # 8 threads x 5 candidates list 40 groups; with k = 48 the kernel's last winners are -inf,
+    # so any dropped key makes it unsure (rounds from the 40 certain ones on)
+    lanes, vec = 8, 4
+    keys = torch.ones(1, 6, lanes)
+    keys[:, 5] = 0.0  # each thread's 6th group falls off its list
+    logits = keys.reshape(1, -1).repeat_interleave(vec, dim=1)
+    assert triton_fused.fallback(logits, 48, lanes, vec, 5, 1) == (1.0, 8.0)

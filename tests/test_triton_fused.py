@@ -197,23 +197,31 @@ def test_exact_selection_when_one_thread_holds_the_top_groups(lanes):
 @pytest.mark.parametrize("num_classes", [768, 771])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_exact_selection_from_the_certain_winners(num_classes, dtype):
-    # one program of 4 rows (8 threads, 5 candidates each): the exact rounds start after the
-    # program's fewest certain winners (those above every key off a list) and redo the rest
+    # programs of 4 rows (8 threads, 5 candidates each): the exact rounds start after the
+    # program's fewest certain winners (those strictly above every key off a list) and redo
+    # the rest
     lanes, vec = 8, 128 // torch.finfo(dtype).bits  # (16-byte groups)
-    student, teacher = random_logits(4, num_classes, dtype=dtype, seed=31)
     period = lanes * vec  # classes apart on one thread
-    # row 0: 7 best groups on thread 0: 5 certain, 2 redone
-    student[0, torch.arange(7) * period + 3] = torch.linspace(12, 9, 7).to(dtype)
-    # row 1: the best on thread 1, the next 6 on thread 0: 6 certain, rounds from 5 on
-    student[1, vec + 1] = 13.0
-    student[1, torch.arange(6) * period + 2] = torch.linspace(12, 10, 6).to(dtype)
-    # row 2: random; row 3: 6 equal keys on thread 0 (ties at the dropped key: unsure)
-    student[3, torch.arange(6) * period + 5] = 11.0
+    target = random_target(4, num_classes=num_classes)
+    # (planted keys far above the noise, which stays below 12)
+    student, teacher = random_logits(4, num_classes, dtype=dtype, seed=31)
+    # row 1: the best on thread 1, the next 6 on thread 0: 6 certain
+    student[1, vec + 1] = 17.0
+    student[1, torch.arange(6) * period + 2] = torch.linspace(16, 14, 6).to(dtype)
+    # row 3: 6 groups on thread 0, the last (13, dropped) tied with thread 1's group: 5
+    # certain, the tied pop not (thread 0's dropped group has the smaller class)
+    student[3, torch.arange(6) * period] = torch.tensor([16, 15.5, 15, 14.5, 14, 13]).to(dtype)
+    student[3, period * 5 + vec] = 13.0
     if num_classes % vec:  # (shifted rows: the first and the last chunks masked)
         student[2, -1] = 14.0
-    launch = _launch_matches(student, teacher, random_target(4, num_classes=num_classes),
-                             lanes)
+    # rounds from rank 5 on (row 3's), the 5th winner as the threshold; rows 0 and 2 random
+    launch = _launch_matches(student, teacher, target, lanes)
     assert launch.rows == 4 and launch.candidates == 5 and launch.vec == vec
+    # row 0: the 7 best groups on thread 0 (5 certain); row 2: 6 equal keys on thread 0 (ties
+    # at the dropped key: none certain): rounds from 0
+    student[0, torch.arange(7) * period + 3] = torch.linspace(16, 13, 7).to(dtype)
+    student[2, torch.arange(6) * period + 5] = 15.0
+    _launch_matches(student, teacher, target, lanes)
 
 
 def test_ties_inside_and_across_groups_and_chunks():
