@@ -37,6 +37,15 @@ from dataclasses import dataclass, replace
 
 from ldrld_kernels.hardware import Hardware
 
+# The rows ``ldrld profile --rows-model`` simulates the exact-selection fallback's rate on
+# (``triton_fused.row_logits`` draws them):
+# - normal: i.i.d. standard normal logits;
+# - clustered: the best classes at low ids, as a BPE vocabulary numbered by frequency gives:
+#   2 z - ln(1 + id) (z standard normal; Zipf's law, p ~ 1 / (1 + id), on top of the noise);
+# - spaced: normal logits, and 8 added to one class of every chunk of LANES x VEC (the same
+#   offset in each, at random per row), so that the row's best groups all fall on one thread.
+ROW_MODELS = ("normal", "clustered", "spaced")
+
 # One program streams any row up to this width; past it a row is split over several programs
 # so that a few rows still fill the GPU.
 MAX_FUSED = 65536

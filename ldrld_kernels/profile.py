@@ -825,10 +825,8 @@ def fallback_rate(call: CallProfile) -> float | None:
     return max(rates) if rates else None
 
 
-# The rows a kernel module's profile_hints simulates its data-dependent counts on (the models
-# are described with ``triton_fused.row_logits``): i.i.d. normal logits, the best classes at
-# low ids, the best classes LANES x VEC apart (all on one thread).
-ROW_MODELS = ("normal", "clustered", "spaced")
+# The rows a kernel module's profile_hints simulates its data-dependent counts on
+ROW_MODELS = policy.ROW_MODELS
 FALLBACK_COLUMNS = ("rows", "C", "dtype", *(f"fallback {m}" for m in ROW_MODELS),
                     *(f"instr/el {m}" for m in ROW_MODELS), "spaced / normal")
 

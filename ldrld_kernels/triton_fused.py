@@ -72,7 +72,7 @@ import triton.language as tl
 
 from ldrld_kernels.config import LossConfig
 from ldrld_kernels.hardware import hardware_of, on_device
-from ldrld_kernels.policy import FusedLaunch, launch_for
+from ldrld_kernels.policy import ROW_MODELS, FusedLaunch, launch_for
 from ldrld_kernels.triton_common import (
     LN2,
     LOG2E,
@@ -1124,20 +1124,11 @@ def loop_counts(classes: int, lanes: int, vec: int, shifted: bool,
     return counts
 
 
-# Rows whose exact-selection rate ``ldrld profile --rows-model`` simulates:
-# - normal: i.i.d. standard normal logits;
-# - clustered: the best classes at low ids, as a BPE vocabulary numbered by frequency gives:
-#   2 z - ln(1 + id) (z standard normal; Zipf's law, p ~ 1 / (1 + id), on top of the noise);
-# - spaced: normal logits, and 8 added to one class of every chunk of LANES x VEC (the same
-#   offset in each, at random per row), so that the row's best groups all fall on one thread.
-ROW_MODELS = ("normal", "clustered", "spaced")
-
-
 def row_logits(rows_model: str, samples: int, classes: int, starts: torch.Tensor, period: int,
                generator: torch.Generator) -> torch.Tensor:
-    """``samples`` rows of ``rows_model``, each the classes ``starts[i]`` to ``starts[i] +
-    classes`` (a split of a wider row starts past 0; splits start on whole chunks, multiples of
-    ``period``, which is LANES x VEC), float32."""
+    """``samples`` rows of ``rows_model`` (``policy.ROW_MODELS`` says what each is), each the
+    classes ``starts[i]`` to ``starts[i] + classes`` (a split of a wider row starts past 0;
+    splits start on whole chunks, multiples of ``period``, which is LANES x VEC), float32."""
     logits = torch.randn(samples, classes, generator=generator)
     if rows_model == "clustered":
         for start in starts.unique().tolist():

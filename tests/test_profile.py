@@ -232,10 +232,6 @@ _WHOLE = {"C": 8192, "LANES": 64, "VEC": 8, "KPL": 2, "ROWS": 1, "k": 7, "SHIFTE
 _SPLIT = {**_WHOLE, "C": 40000, "LANES": 32, "KPL": 3, "split_chunks": 8, "splits": 20}
 
 
-def test_row_models_are_the_kernels():
-    assert profile.ROW_MODELS == triton_fused.ROW_MODELS
-
-
 @pytest.mark.parametrize("args", [_WHOLE, _SPLIT, {**_WHOLE, "C": 4000, "LANES": 8, "KPL": 4,
                                                    "ROWS": 4}], ids=["whole", "split", "rows4"])
 def test_fallback_rate_is_the_streamed_selection(args):
