@@ -18,7 +18,7 @@ import functools
 import pytest
 import torch
 
-from ldrld_kernels import bench
+from ldrld_kernels.tools import bench
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 SHAPES = (

@@ -1,5 +1,5 @@
 import sys
 
-from ldrld_kernels.cli import main
+from ldrld_kernels.tools.cli import main
 
 sys.exit(main())

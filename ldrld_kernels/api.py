@@ -1,7 +1,7 @@
 """Public entry points: ``ldrld_loss``, ``LDRLDLoss`` and ``LDRLDOutput``.
 
 Validation, backend choice, the autograd Function and the reduction live here; the
-per-row math lives in the backends (``torch_path`` and the Triton kernels), which all
+per-row math lives in the backends (``pytorch.vectorized`` and the Triton kernels), which all
 return row losses and the gradients of the row losses, computed in the forward pass.
 """
 
@@ -13,9 +13,9 @@ from typing import Literal, NamedTuple
 
 import torch
 
-from ldrld_kernels import parallel
 from ldrld_kernels.backends import resolve_backend, rows_function
 from ldrld_kernels.config import LossConfig
+from ldrld_kernels.pytorch import parallel
 from ldrld_kernels.validation import check_options, check_target_values, validate
 
 
@@ -69,7 +69,7 @@ class _LDRLDFunction(torch.autograd.Function):
             elif grad.dtype != dtype:  # float16 logits: the float32 gradient, scaled, cast
                 grad = scaled_cast(grad, scale, dtype)
             elif ctx.backend == "triton" and scale.dim() == 0:
-                from ldrld_kernels import ops
+                from ldrld_kernels.kernels import ops
 
                 ops.scale_(grad, scale)
             else:
@@ -166,7 +166,7 @@ def ldrld_loss(
             ``(..., C_rank)`` of both logits, in rank order (slices may differ in width), and
             the same ``target`` of global class ids; every rank gets the same loss and the
             gradient of its slice. Each rank runs its slice on the backend chosen as
-            without a group (``triton_parallel`` for Triton).
+            without a group (``kernels.sharded`` for Triton).
 
     Returns:
         The loss, float32 (float64 for float64 inputs), or an ``LDRLDOutput``.

@@ -3,7 +3,7 @@ of the classes with a ``process_group``), and whether it can run here, with the 
 it cannot. ``api``, ``fused_linear``, the ``ldrld`` command, the bench and the tests all read
 it.
 
-Every backend's rows function has the contract of ``torch_path.ldrld_rows``: (student,
+Every backend's rows function has the contract of ``vectorized.ldrld_rows``: (student,
 teacher, target, config, need_student_grad, need_teacher_grad, grad_scale) -> (row losses,
 parts, student gradient, teacher gradient), the gradients computed in the forward pass.
 """
@@ -18,15 +18,15 @@ from dataclasses import dataclass
 
 import torch
 
-from ldrld_kernels import torch_path
+from ldrld_kernels.pytorch import vectorized
 
 
 def _triton_rows(student, teacher, target, config, need_student_grad, need_teacher_grad,
                  grad_scale=None):
-    """``triton_fused.ldrld_rows`` through the custom op ``ops.ldrld_rows``, so that
+    """``kernels.launcher.ldrld_rows`` through the custom op ``ops.ldrld_rows``, so that
     ``torch.compile`` sees one opaque node (with its fake) for every caller: ``ldrld_loss``
     and the fused-linear loss alike."""
-    from ldrld_kernels import ops
+    from ldrld_kernels.kernels import ops
 
     row_loss, parts, grad_s, grad_t = ops.ldrld_rows(
         student, teacher, target, grad_scale, *config.op_args(), need_student_grad,
@@ -36,9 +36,9 @@ def _triton_rows(student, teacher, target, config, need_student_grad, need_teach
 
 
 def _triton_sharded_rows(*args, shard):
-    from ldrld_kernels import triton_parallel
+    from ldrld_kernels.kernels import sharded
 
-    return triton_parallel.ldrld_rows(*args, shard)
+    return sharded.ldrld_rows(*args, shard)
 
 
 def _always(device: torch.device, dtypes: tuple[torch.dtype, ...]) -> Exception | None:
@@ -82,7 +82,7 @@ class Backend:
 
 
 BACKENDS: dict[str, Backend] = {
-    "torch": Backend(torch_path.ldrld_rows, torch_path.ldrld_rows, _always),
+    "torch": Backend(vectorized.ldrld_rows, vectorized.ldrld_rows, _always),
     "triton": Backend(_triton_rows, _triton_sharded_rows, _triton_unavailable),
 }
 NAMES = ("auto", *BACKENDS)  # what ``backend=`` takes

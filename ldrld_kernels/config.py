@@ -4,6 +4,7 @@ construction), and carries them to the backends and the custom op."""
 
 from __future__ import annotations
 
+from collections import namedtuple
 from dataclasses import dataclass, fields
 from typing import Literal
 
@@ -54,6 +55,11 @@ class LossConfig:
         """The local term averages over the k(k-1)/2 pairs and the top-k group."""
         return self.k * (self.k - 1) // 2 + 1
 
+    def numbers(self) -> LossNumbers:
+        """The numeric settings (every int and float field, in order), as the kernels take
+        them (``settings.temperature``)."""
+        return LossNumbers(*(getattr(self, name) for name in LossNumbers._fields))
+
     def op_args(self) -> tuple:
         """The settings as the custom op ``ops.ldrld_rows`` takes them (scalars only)."""
         return (self.k, self.temperature, self.alpha, self.beta, self.ce_weight,
@@ -65,3 +71,8 @@ class LossConfig:
                      adw_offset, rank_by_teacher, ignore_index) -> LossConfig:
         return cls(k, temperature, alpha, beta, ce_weight, adw_scale, adw_decay, adw_offset,
                    "teacher" if rank_by_teacher else "student", ignore_index)
+
+
+# The numeric fields of LossConfig, by name: a new one reaches the kernels with no other change
+LossNumbers = namedtuple("LossNumbers", [field.name for field in fields(LossConfig)
+                                         if field.type in ("int", "float")])

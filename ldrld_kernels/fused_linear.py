@@ -28,10 +28,10 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from ldrld_kernels import parallel
 from ldrld_kernels.api import LDRLDOutput, _reduce, _scale, output, prepare
 from ldrld_kernels.backends import rows_function
 from ldrld_kernels.config import LossConfig
+from ldrld_kernels.pytorch import parallel
 from ldrld_kernels.validation import check_options
 
 # ``chunk_rows="auto"``: one chunk's logits and their gradients take at most this many bytes

@@ -12,9 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from ldrld_kernels import backends, hardware, policy, torch_path, triton_fused
-from ldrld_kernels.check import GRAD_TOLERANCES, LOSS_TOLERANCES, compare_with_reference
+from ldrld_kernels import backends
 from ldrld_kernels.config import LossConfig
+from ldrld_kernels.kernels import hardware, launcher, policy
+from ldrld_kernels.pytorch import vectorized
+from ldrld_kernels.tools.check import GRAD_TOLERANCES, LOSS_TOLERANCES, compare_with_reference
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 ROOT = Path(__file__).resolve().parents[1]
@@ -87,10 +89,10 @@ def launch_matches(student, teacher, target, launch: policy.FusedLaunch, **optio
     """The Triton launcher with ``launch`` against the PyTorch path in float64 (itself checked
     against the reference): row losses, parts and both gradients, under a mean's scale."""
     config = LossConfig(**{"k": 7, **options})
-    rows_, parts, grad_s, grad_t = triton_fused.ldrld_rows(
+    rows_, parts, grad_s, grad_t = launcher.ldrld_rows(
         student.to(DEVICE), teacher.to(DEVICE), None if target is None else target.to(DEVICE),
         config, True, True, torch.tensor(0.25, device=DEVICE), launch=launch)
-    expected = torch_path.ldrld_rows(student.double(), teacher.double(), target, config,
+    expected = vectorized.ldrld_rows(student.double(), teacher.double(), target, config,
                                      True, True, torch.tensor(0.25, dtype=torch.float64))
     loss_tol = LOSS_TOLERANCES[torch.float32]
     for actual, wanted in zip((rows_, parts), expected[:2], strict=True):

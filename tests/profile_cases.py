@@ -1,4 +1,4 @@
-"""Compiles kernels for sm_90 through ``ldrld_kernels.profile`` and prints what it measured,
+"""Compiles kernels for sm_90 through ``ldrld_kernels.tools.profile`` and prints what it measured,
 as JSON. ``tests/test_profile.py`` runs this in a process of its own: the test session runs
 the Triton interpreter, which replaces the compiler.
 
@@ -22,8 +22,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ldrld_kernels import profile
 from ldrld_kernels.config import LossConfig
+from ldrld_kernels.tools import profile
+from ldrld_kernels.tools.profile import sass
 
 
 @triton.jit
@@ -105,8 +106,8 @@ def _profile_moved(path: Path, module_name: str):
     spec.loader.exec_module(module)
     src = torch.empty(128)
     launch = _one(module._moved_loop_kernel, (1,), src, src, 10, BLOCK=128, num_warps=4)
-    text = profile._read_cubin("nvdisasm", ["-c", "-g"], launch.compiled.asm["cubin"])
-    named = sorted({match["file"] for match in profile._SOURCE.finditer(text)})
+    text = profile.read_cubin("nvdisasm", ["-c", "-g"], launch.compiled.asm["cubin"])
+    named = sorted({match["file"] for match in sass.SOURCE.finditer(text)})
     try:
         counted = profile.profile_launch(launch, 1, 128).instructions_per_element
     except ValueError as error:

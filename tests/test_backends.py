@@ -8,7 +8,8 @@ import types
 import pytest
 import torch
 
-from ldrld_kernels import backends, bench
+from ldrld_kernels import backends
+from ldrld_kernels.tools import bench
 from tests.helpers import ROOT
 
 CUDA = torch.device("cuda", 0)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ldrld_kernels import bench, cli
+from ldrld_kernels.tools import bench, cli
 
 ROOT = Path(__file__).resolve().parents[1]
 GPU_CHECK = ROOT / "benchmarks" / "gpu_check.sh"
@@ -106,11 +106,11 @@ def test_calibration_reads_ncu_csv(tmp_path):
     rows = [f'"{launch}","1","python3","h","{name}","1","7","(256, 1, 1)","(4096, 1, 1)",'
             f'"0","9.0","Command line profiler metrics","{metric}","inst","{value}"'
             for launch, name, metric, value in (
-                (0, "_ldrld_fused_kernel", "smsp__inst_executed.sum", "1,234,567"),
-                (0, "_ldrld_fused_kernel", "dram__bytes_read.sum", "100"),
+                (0, "_ldrld_rows_kernel", "smsp__inst_executed.sum", "1,234,567"),
+                (0, "_ldrld_rows_kernel", "dram__bytes_read.sum", "100"),
                 (1, "_scale_kernel", "smsp__inst_executed.sum", "42"))]
     path.write_text("==PROF== Connected to process 1\n" + "\n".join([header, *rows]) + "\n")
     launches = calibrate._launches(str(path))
-    assert [launch["kernel"] for launch in launches] == ["_ldrld_fused_kernel", "_scale_kernel"]
+    assert [launch["kernel"] for launch in launches] == ["_ldrld_rows_kernel", "_scale_kernel"]
     assert launches[0]["smsp__inst_executed.sum"] == "1234567"
     assert launches[0]["dram__bytes_read.sum"] == "100"

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from ldrld_kernels import backends
-from ldrld_kernels.check import compare_with_reference
+from ldrld_kernels.tools.check import compare_with_reference
 from tests.helpers import random_logits, random_target
 
 

@@ -7,8 +7,8 @@ import subprocess
 import pytest
 import torch
 
-from ldrld_kernels import cli
-from ldrld_kernels.check import Comparison
+from ldrld_kernels.tools import cli
+from ldrld_kernels.tools.check import Comparison
 from tests.helpers import requires_triton, run_python
 
 

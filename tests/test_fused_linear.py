@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import ldrld_kernels as lk
-from ldrld_kernels import bench, fused_linear, reference
+from ldrld_kernels import fused_linear, reference
+from ldrld_kernels.tools import bench
 from tests.helpers import DEVICE
 
 TOLERANCE = {torch.float64: 1e-12, torch.float32: 2e-5}

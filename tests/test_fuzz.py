@@ -12,7 +12,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ldrld_kernels.check import compare_with_reference
+from ldrld_kernels.tools.check import compare_with_reference
 from tests.helpers import DEVICE, requires_triton, wide_rows
 
 settings.register_profile("ci", max_examples=40, deadline=None, derandomize=True,

@@ -12,9 +12,10 @@ import dataclasses
 import pytest
 import torch
 
-from ldrld_kernels import hardware, parallel, policy, triton_common, triton_fused, triton_parallel
-from ldrld_kernels.check import compare_with_reference
 from ldrld_kernels.config import LossConfig
+from ldrld_kernels.kernels import hardware, launcher, policy, scale, sharded
+from ldrld_kernels.pytorch import parallel
+from ldrld_kernels.tools.check import compare_with_reference
 from tests.helpers import DEVICE, random_logits, random_target, requires_triton, wide_rows
 
 pytestmark = requires_triton
@@ -68,14 +69,17 @@ class _Recorder:
 @pytest.fixture
 def recorder(monkeypatch):
     recorder = _Recorder()
-    for module in (triton_fused, triton_parallel, triton_common):
+    for module in (launcher, sharded, scale):
         monkeypatch.setattr(module, "on_device", recorder, raising=False)
-    for module, name in ((triton_fused, "_ldrld_fused_kernel"),
-                         (triton_parallel, "_ldrld_fused_kernel"),
-                         (triton_common, "_scale_kernel")):
+    for module, name in ((launcher, "_ldrld_rows_kernel"),
+                         (launcher, "_ldrld_split_stats_kernel"),
+                         (launcher, "_ldrld_split_grads_kernel"),
+                         (sharded, "_ldrld_split_stats_kernel"),
+                         (sharded, "_ldrld_split_grads_kernel"),
+                         (scale, "_scale_kernel")):
         monkeypatch.setattr(module, name, recorder.kernel(f"{module.__name__}.{name}",
                                                           getattr(module, name)))
-    for module in (triton_fused, triton_parallel):
+    for module in (launcher, sharded):
         for name in ("allocate_outputs", "split_arguments"):
             monkeypatch.setattr(module, name, recorder.function(f"{module.__name__}.{name}",
                                                                 getattr(module, name)))
@@ -86,24 +90,25 @@ def test_every_launch_and_allocation_on_the_tensors_device(recorder):
     student, teacher = (x.to(DEVICE) for x in random_logits(3, 300))
     target = random_target(3, num_classes=300).to(DEVICE)
     config = LossConfig(k=7)
-    scale = torch.tensor(0.5, device=DEVICE)
-    triton_fused.ldrld_rows(student, teacher, target, config, True, True, scale)
+    factor = torch.tensor(0.5, device=DEVICE)
+    launcher.ldrld_rows(student, teacher, target, config, True, True, factor)
     wide = policy.split_launch(3, 300, 4, 4, hardware.INTERPRETER, lanes=8, splits=3,
                                wave_rows=2)  # two waves of two launches
-    triton_fused.ldrld_rows(student, teacher, target, config, True, True, scale, launch=wide)
-    triton_parallel.ldrld_rows(student, teacher, target, config, True, True, scale,
-                               _OneRank(None, 0, 300, 300))
-    triton_common.scale_in_place(torch.ones(10, device=DEVICE), scale)
+    launcher.ldrld_rows(student, teacher, target, config, True, True, factor, launch=wide)
+    sharded.ldrld_rows(student, teacher, target, config, True, True, factor,
+                       _OneRank(None, 0, 300, 300))
+    scale.scale_in_place(torch.ones(10, device=DEVICE), factor)
 
-    kernel = "ldrld_kernels.triton_fused._ldrld_fused_kernel"
-    sharded = "ldrld_kernels.triton_parallel._ldrld_fused_kernel"
+    launched = "ldrld_kernels.kernels.launcher."
+    stats, grads = (launched + "_ldrld_split_stats_kernel",
+                    launched + "_ldrld_split_grads_kernel")
+    on_rank = "ldrld_kernels.kernels.sharded."
     assert [name for name, _ in recorder.calls] == [
-        "ldrld_kernels.triton_fused.allocate_outputs", kernel,
-        "ldrld_kernels.triton_fused.allocate_outputs",
-        "ldrld_kernels.triton_fused.split_arguments", kernel, kernel, kernel, kernel,
-        "ldrld_kernels.triton_parallel.allocate_outputs",
-        "ldrld_kernels.triton_parallel.split_arguments", sharded, sharded,
-        "ldrld_kernels.triton_common._scale_kernel"]
+        launched + "allocate_outputs", launched + "_ldrld_rows_kernel",
+        launched + "allocate_outputs", launched + "split_arguments", stats, grads, stats, grads,
+        on_rank + "allocate_outputs", on_rank + "split_arguments",
+        on_rank + "_ldrld_split_stats_kernel", on_rank + "_ldrld_split_grads_kernel",
+        "ldrld_kernels.kernels.scale._scale_kernel"]
     outside = [name for name, device in recorder.calls if device != student.device]
     assert not outside, f"not on the tensors' device {student.device}: {outside}"
 
@@ -131,10 +136,10 @@ def test_logits_on_the_second_gpu(num_classes):
                         student, teacher, target, backend="triton", reduction=reduction,
                         generator=torch.Generator().manual_seed(0))
                     assert result.passed, (path, reduction, result)
-        sharded = triton_parallel.ldrld_rows(student, teacher, target, config, True, False,
-                                             None, _OneRank(None, 0, num_classes, num_classes))
-        whole = triton_fused.ldrld_rows(student, teacher, target, config, True, False)
+        on_rank = sharded.ldrld_rows(student, teacher, target, config, True, False,
+                                     None, _OneRank(None, 0, num_classes, num_classes))
+        whole = launcher.ldrld_rows(student, teacher, target, config, True, False)
         assert torch.cuda.current_device() == 0
-    for got, want in zip(sharded[:3], whole[:3], strict=True):
+    for got, want in zip(on_rank[:3], whole[:3], strict=True):
         assert got.device == device
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 import ldrld_kernels as lk
-from ldrld_kernels import ops
 from ldrld_kernels.config import LossConfig
+from ldrld_kernels.kernels import ops
 from tests.helpers import DEVICE, random_logits, requires_triton, triton_runs_here
 
 BACKENDS = ["torch", pytest.param("triton", marks=requires_triton)]

@@ -32,4 +32,4 @@ def test_wheel_holds_only_the_project_namespace(tmp_path):
     top_level = {name.split("/")[0] for name in names}
     assert {name for name in top_level if not name.endswith(".dist-info")} == {"ldrld_kernels"}
     assert "ldrld_kernels/py.typed" in names
-    assert "ldrld_kernels/reference.py" in names
+    assert "ldrld_kernels/reference/__init__.py" in names

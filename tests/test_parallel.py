@@ -18,7 +18,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import ldrld_kernels as lk
-from ldrld_kernels import parallel
+from ldrld_kernels.pytorch import parallel
 from tests.helpers import half_gradient_problems, run_python
 
 TOLERANCE = {torch.float64: 1e-12, torch.float32: 1e-6}

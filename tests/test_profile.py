@@ -12,7 +12,8 @@ import os
 import pytest
 import torch
 
-from ldrld_kernels import profile, triton_fused
+from ldrld_kernels.kernels import trips
+from ldrld_kernels.tools import profile
 from tests import profile_cases
 from tests.helpers import ROOT, run_python
 
@@ -91,8 +92,8 @@ def test_every_ldrld_variant_compiles(cases):
     by_case = {case["case"]: case["kernels"] for case in cases["ldrld"]}
     compiled = {name for names in by_case.values() for name in names}
     assert len(by_case) == len(profile_cases.LDRLD_CASES)
-    # whole rows in one launch; wide rows in two phases of the same kernel
-    assert {"_ldrld_fused_kernel", "_ldrld_fused_kernel:1", "_ldrld_fused_kernel:2",
+    # whole rows in one launch; wide rows in two, statistics then gradients
+    assert {"_ldrld_rows_kernel", "_ldrld_split_stats_kernel", "_ldrld_split_grads_kernel",
             "_scale_kernel"} <= compiled
 
 
@@ -110,7 +111,7 @@ def test_rows_models_change_the_fallback_only(cases):
             assert hints["exact_selection"] < 0.05 and spaced[name][1]["exact_selection"] == 1
             assert spaced[name][0] > count + 5, (case["case"], name)  # (its exact rounds)
             assert clustered[name][0] <= spaced[name][0]
-        assert {"_ldrld_fused_kernel", "_ldrld_fused_kernel:1"} & {
+        assert {"_ldrld_rows_kernel", "_ldrld_split_stats_kernel"} & {
             name for name, (_, hints) in normal.items() if "exact_selection" in hints}
 
 
@@ -127,7 +128,7 @@ def test_profile_command(tmp_path):
     (call,) = json.loads(path.read_text())
     assert call["classes"] == 1000 and call["rows"] == 64 and call["bytes_per_element"] == 6
     kernel = call["kernels"][0]
-    assert kernel["name"] == "_ldrld_fused_kernel" and kernel["registers"] > 0
+    assert kernel["name"] == "_ldrld_rows_kernel" and kernel["registers"] > 0
     assert call["instructions_per_element"] == pytest.approx(
         sum(k["instructions_per_element"] for k in call["kernels"]))
     assert 0 < call["ceiling_h200"] <= call["ceiling_h100"] <= 100
@@ -185,11 +186,11 @@ def test_check_names_each_broken_budget(monkeypatch):
 
 
 def _streamed_fallback(logits, k, lanes, vec, kpl, rows):
-    """The kernel's selection as it streams (``triton_fused._insert`` and the k rounds after
+    """The kernel's selection as it streams (``ldrld._insert`` and the k rounds after
     it), chunk by chunk, in whole tensors over rows and threads: the fraction of programs of
     ``rows`` rows in which it is unsure, and the mean of their exact rounds (k less the fewest
     winners above every dropped key of their unsure rows). Independent of
-    ``triton_fused.fallback``."""
+    ``trips.fallback``."""
     samples, classes = logits.shape
     chunk = lanes * vec
     padded = torch.full((samples, -(-classes // chunk) * chunk), -float("inf"))
@@ -237,8 +238,9 @@ _SPLIT = {**_WHOLE, "C": 40000, "LANES": 32, "KPL": 3, "split_chunks": 8, "split
 def test_fallback_rate_is_the_streamed_selection(args):
     rates = {}
     for model in profile.ROW_MODELS:
-        logits = triton_fused.selection_rows(args, model)
-        hints = triton_fused.profile_hints("_ldrld_fused_kernel", args, model)
+        logits = trips.selection_rows(args, model)
+        hints = trips.profile_hints("_ldrld_split_stats_kernel" if args["split_chunks"]
+                                    else "_ldrld_rows_kernel", args, model)
         rates[model] = hints["exact_selection"]
         assert (rates[model], hints["exact_rounds"]) == pytest.approx(_streamed_fallback(
             logits, args["k"], args["LANES"], args["VEC"], args["KPL"], args["ROWS"]))
@@ -250,12 +252,12 @@ def test_fallback_rate_is_the_streamed_selection(args):
 
 def test_row_models_put_the_best_classes_where_they_say():
     period = _WHOLE["LANES"] * _WHOLE["VEC"]
-    spaced = triton_fused.selection_rows(_WHOLE, "spaced", samples=64)
+    spaced = trips.selection_rows(_WHOLE, "spaced", samples=64)
     top = spaced.topk(7, dim=1).indices
     assert (top % period == top[:, :1] % period).all()  # one class of every chunk
     assert (top.diff(dim=1).abs() % period == 0).all()
-    clustered = triton_fused.selection_rows(_WHOLE, "clustered", samples=256)
-    normal = triton_fused.selection_rows(_WHOLE, "normal", samples=256)
+    clustered = trips.selection_rows(_WHOLE, "clustered", samples=256)
+    normal = trips.selection_rows(_WHOLE, "normal", samples=256)
     assert clustered.topk(7, dim=1).indices.float().median() < 100
     assert normal.topk(7, dim=1).indices.float().median() > 1000
     # the normal rows are those of the profile before the other models (its counts unchanged)
@@ -266,7 +268,7 @@ def test_row_models_put_the_best_classes_where_they_say():
 def test_spaced_rows_never_fall_back_when_a_thread_keeps_all_its_groups():
     # 4 chunks and 4 candidates: each thread keeps every group it sees
     args = {**_WHOLE, "C": 2048, "LANES": 64, "VEC": 8, "KPL": 4}
-    assert triton_fused.profile_hints("_ldrld_fused_kernel", args, "spaced")[
+    assert trips.profile_hints("_ldrld_rows_kernel", args, "spaced")[
         "exact_selection"] == 0.0
 
 
@@ -295,4 +297,4 @@ def test_fallback_when_k_exceeds_the_listed_groups():
     keys = torch.ones(1, 6, lanes)
     keys[:, 5] = 0.0  # each thread's 6th group falls off its list
     logits = keys.reshape(1, -1).repeat_interleave(vec, dim=1)
-    assert triton_fused.fallback(logits, 48, lanes, vec, 5, 1) == (1.0, 8.0)
+    assert trips.fallback(logits, 48, lanes, vec, 5, 1) == (1.0, 8.0)

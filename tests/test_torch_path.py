@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import ldrld_kernels as lk
-from ldrld_kernels.torch_path import top_k_indices
+from ldrld_kernels.pytorch.selection import top_k_indices
 from tests.helpers import (
     GOLDEN,
     GOLDEN_IDS,

@@ -12,7 +12,7 @@ pytestmark = requires_triton
 @pytest.mark.parametrize("numel", [1, 4095, 4096 * 3 + 7])
 @pytest.mark.parametrize("scale", [2.5, -0.125, 0.0, 1.0])
 def test_scale_in_place(dtype, numel, scale):
-    from ldrld_kernels.triton_common import scale_in_place
+    from ldrld_kernels.kernels.scale import scale_in_place
 
     grad = torch.randn(numel, generator=torch.Generator().manual_seed(numel)).to(DEVICE, dtype)
     expected = (grad.float() * scale).to(dtype)
@@ -24,7 +24,7 @@ def test_scale_in_place(dtype, numel, scale):
 
 
 def test_scale_of_nothing():
-    from ldrld_kernels.triton_common import scale_in_place
+    from ldrld_kernels.kernels.scale import scale_in_place
 
     empty = torch.empty(0, 5, device=DEVICE)
     assert scale_in_place(empty, torch.tensor(3.0, device=DEVICE)) is empty

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import ldrld_kernels as lk
-from ldrld_kernels import policy, triton_fused
 from ldrld_kernels.config import LossConfig
+from ldrld_kernels.kernels import launcher, policy
 from tests.helpers import (
     DEVICE,
     GOLDEN,
@@ -244,9 +244,9 @@ def test_packed_and_strided_reads_agree():
     config = LossConfig(k=7)
     wide_s = torch.zeros(3, 3072, dtype=torch.bfloat16)
     wide_s[:, ::2] = student
-    contiguous = triton_fused.ldrld_rows(student.to(DEVICE), teacher.to(DEVICE),
+    contiguous = launcher.ldrld_rows(student.to(DEVICE), teacher.to(DEVICE),
                                          target.to(DEVICE), config, True, False)
-    strided = triton_fused.ldrld_rows(wide_s.to(DEVICE)[:, ::2], teacher.to(DEVICE),
+    strided = launcher.ldrld_rows(wide_s.to(DEVICE)[:, ::2], teacher.to(DEVICE),
                                       target.to(DEVICE), config, True, False)
     for a, b in zip(contiguous[:3], strided[:3], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
@@ -290,8 +290,8 @@ def test_unaligned_base_reads_no_whole_groups(dtype):
                student.new_empty(3, 3, dtype=torch.float32)]
 
     def vector(s, t, g_s, g_t):
-        return triton_fused.kernel_arguments(s, t, target, config, *buffers, g_s, g_t, None,
-                                             launch)["VECTOR"]
+        return launcher.kernel_arguments(s, t, target, config, *buffers, g_s, g_t, None,
+                                         launch)["VECTOR"]
 
     aligned = [torch.empty(3, width, dtype=dtype, device=DEVICE)[:, :300] for _ in range(4)]
     assert vector(*aligned)

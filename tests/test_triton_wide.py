@@ -13,8 +13,9 @@ import pytest
 import torch
 
 import ldrld_kernels as lk
-from ldrld_kernels import hardware, policy, torch_path, triton_fused
 from ldrld_kernels.config import LossConfig
+from ldrld_kernels.kernels import hardware, launcher, policy
+from ldrld_kernels.pytorch import vectorized
 from tests.helpers import (
     DEVICE,
     assert_matches,
@@ -174,9 +175,9 @@ def test_more_than_2_31_elements_on_gpu():
                           generator=generator)
     assert student.numel() > 2**31
     config = LossConfig(k=7)
-    loss, parts, grad, _ = triton_fused.ldrld_rows(student, teacher, None, config, True, False)
+    loss, parts, grad, _ = launcher.ldrld_rows(student, teacher, None, config, True, False)
     sampled = torch.tensor([0, 1, rows // 2, rows - 2, rows - 1], device="cuda")
-    expected, expected_parts, expected_grad, _ = torch_path.ldrld_rows(
+    expected, expected_parts, expected_grad, _ = vectorized.ldrld_rows(
         student[sampled], teacher[sampled], None, config, True, False)
     torch.testing.assert_close(loss[sampled], expected, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(parts[sampled], expected_parts, rtol=1e-5, atol=1e-5)

@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 
 from ldrld_kernels.config import LossConfig
-from ldrld_kernels.triton_common import allocate_outputs
+from ldrld_kernels.kernels import launcher
+from ldrld_kernels.kernels.scale import scale_in_place
 
 
 def _op_outputs(student, teacher, row_loss, parts, grad_s, grad_t):
@@ -41,26 +42,22 @@ def ldrld_rows(
     """Row losses, per-row parts and the gradients of the row losses times ``grad_scale``
     (an empty tensor for a gradient not asked for) of 2-D logits, from the Triton kernels;
     the scalars are ``LossConfig.op_args()``."""
-    from ldrld_kernels import triton_fused
-
     config = LossConfig.from_op_args(k, temperature, alpha, beta, ce_weight, adw_scale,
                                      adw_decay, adw_offset, rank_by_teacher, ignore_index)
-    return _op_outputs(student, teacher, *triton_fused.ldrld_rows(
+    return _op_outputs(student, teacher, *launcher.ldrld_rows(
         student, teacher, target, config, need_student_grad, need_teacher_grad, grad_scale))
 
 
 @ldrld_rows.register_fake
 def _(student, teacher, target, grad_scale, *settings_and_needs):
     need_student_grad, need_teacher_grad = settings_and_needs[-2:]
-    return _op_outputs(student, teacher, *allocate_outputs(student, teacher, need_student_grad,
-                                                           need_teacher_grad))
+    return _op_outputs(student, teacher, *launcher.allocate_outputs(
+        student, teacher, need_student_grad, need_teacher_grad))
 
 
 @torch.library.custom_op("ldrld_kernels::scale_", mutates_args=("grad",))
 def scale_(grad: torch.Tensor, scale: torch.Tensor) -> None:
     """``grad *= scale`` in place for a 0-d ``scale`` on the device (not read when it is 1)."""
-    from ldrld_kernels.triton_common import scale_in_place
-
     scale_in_place(grad, scale)
 
 

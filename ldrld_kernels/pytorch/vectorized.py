@@ -22,9 +22,10 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from ldrld_kernels import parallel
 from ldrld_kernels.adw import adw_weights
 from ldrld_kernels.config import LossConfig
+from ldrld_kernels.pytorch import parallel
+from ldrld_kernels.pytorch.selection import top_k_indices
 
 
 def gradient_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -40,24 +41,6 @@ def gradient_dtype(dtype: torch.dtype) -> torch.dtype:
 def _pair_weights(k, adw_scale, adw_decay, adw_offset, dtype, device) -> torch.Tensor:
     """``adw_weights``, built once per setting (no host-to-device copy per call)."""
     return adw_weights(k, adw_scale, adw_decay, adw_offset, dtype=dtype, device=device)
-
-
-def top_k_indices(x: torch.Tensor, k: int) -> torch.Tensor:
-    """The ``k`` largest entries of each row of ``x`` (rows, C), in decreasing order.
-
-    Ties go to the smaller class index, exactly as ``torch.sort(x, descending=True,
-    stable=True)`` orders them, but without sorting the whole row: ``torch.topk`` finds the
-    k-th largest value; a second ``topk`` on distinct integer keys takes every entry above
-    it and then the tied entries from the left, each group by ascending index; a stable sort
-    of those k by value finishes the order.
-    """
-    num_classes = x.shape[-1]
-    kth = torch.topk(x, k, dim=-1).values[:, -1:]
-    from_left = torch.arange(num_classes, 0, -1, device=x.device)
-    keys = torch.where(x > kth, from_left + num_classes, torch.where(x == kth, from_left, 0))
-    index = torch.topk(keys, k, dim=-1).indices
-    by_value = torch.sort(x.gather(1, index), dim=-1, descending=True, stable=True).indices
-    return index.gather(1, by_value)
 
 
 def _local_columns(classes: torch.Tensor, shard: parallel.Shard) -> torch.Tensor:

@@ -3,8 +3,8 @@
 ``ldrld check`` compares every backend available here with the float64 reference on fresh
 random logits and prints a PASS/FAIL table; on a machine without a GPU the Triton kernels run
 under the Triton interpreter (TRITON_INTERPRET=1). ``ldrld bench`` times forward + backward
-of the backends over a sweep of shapes (see ``ldrld_kernels.bench``). ``ldrld profile`` counts
-the sm_90 machine code of every kernel without a GPU (see ``ldrld_kernels.profile``).
+of the backends over a sweep of shapes (see ``ldrld_kernels.tools.bench``). ``ldrld profile`` counts
+the sm_90 machine code of every kernel without a GPU (see ``ldrld_kernels.tools.profile``).
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from pathlib import Path
 
 import torch
 
-from ldrld_kernels import bench, profile
 from ldrld_kernels.backends import available
-from ldrld_kernels.check import compare_with_reference
+from ldrld_kernels.tools import bench, profile
+from ldrld_kernels.tools.check import compare_with_reference
 from ldrld_kernels.validation import MAX_K
 
 # (rows, C, k): small enough to finish in seconds on a laptop CPU, odd sizes on purpose.

@@ -2,7 +2,7 @@
 the classes of every row (a tensor-parallel LM head, as Megatron-LM splits it), never the
 full row.
 
-With u = s / T and v = t / T, what crosses ranks per row (``torch_path.ldrld_rows`` runs the
+With u = s / T and v = t / T, what crosses ranks per row (``vectorized.ldrld_rows`` runs the
 rest locally, on each rank's slice):
 
 - Global top-k. Each rank takes its local top-k by the ranking logits (ties to the smaller
@@ -16,7 +16,7 @@ rest locally, on each rank's slice):
   is subtracted), then one all-reduce MAX of (max u, max v, max s), one all-reduce SUM of
   the sums of exp(x - max), and one all-reduce SUM of the rank's share of
   KL_rest = sum_R p (log p - log q) and of the target's logit (only its owner adds it).
-- Gradients are then local: every formula of ``torch_path`` needs only the row statistics
+- Gradients are then local: every formula of ``vectorized`` needs only the row statistics
   above and the rank's own logits. The backward pass needs no collective.
 
 Communication per call: rows x 4 k world numbers gathered (float64) and rows x 8 reduced
@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from ldrld_kernels.pytorch.selection import top_k_indices
 from ldrld_kernels.validation import check_k
 
 
@@ -119,8 +120,6 @@ def global_top_k(key: torch.Tensor, student: torch.Tensor, teacher: torch.Tensor
     larger than every class for empty columns), in rank order with ties to the smaller global
     class: (global classes, student logits, teacher logits), each (rows, k), the logits in
     float64 (exact)."""
-    from ldrld_kernels.torch_path import top_k_indices
-
     rows, local = key.shape
     found = min(k, local)
     index = top_k_indices(key, found) if found else key.new_zeros((rows, 0), dtype=torch.long)

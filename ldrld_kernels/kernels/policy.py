@@ -1,7 +1,7 @@
 """Which Triton kernel serves which call, and how it is launched: the one policy that the
 launchers and ``ldrld profile`` both read.
 
-Rows of up to ``MAX_FUSED`` classes go to the fused kernel (``triton_fused``) whole: one
+Rows of up to ``MAX_FUSED`` classes go to the fused kernel (``ldrld``) whole: one
 launch, each row streamed by ``lanes`` threads in chunks of ``lanes x vec`` classes, ``rows``
 rows per program. Wider rows are split over several programs each, in waves of rows that fit
 in the L2 (``split_launch``; two launches per wave).
@@ -35,10 +35,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-from ldrld_kernels.hardware import Hardware
+from ldrld_kernels.kernels.hardware import Hardware
 
 # The rows ``ldrld profile --rows-model`` simulates the exact-selection fallback's rate on
-# (``triton_fused.row_logits`` draws them):
+# (``trips.row_logits`` draws them):
 # - normal: i.i.d. standard normal logits;
 # - clustered: the best classes at low ids, as a BPE vocabulary numbered by frequency gives:
 #   2 z - ln(1 + id) (z standard normal; Zipf's law, p ~ 1 / (1 + id), on top of the noise);
@@ -70,7 +70,7 @@ SMALL_ROW_WARPS = 1
 
 @dataclass(frozen=True)
 class FusedLaunch:
-    """Launch configuration of ``triton_fused._ldrld_fused_kernel``."""
+    """Launch configuration of the LDRLD kernels (``ldrld``)."""
 
     rows: int  # rows per program
     lanes: int  # threads per row
@@ -153,7 +153,7 @@ def hbm_bytes_per_element(rows: int, num_classes: int, student_itemsize: int,
     1 - L2 / waiting from HBM when they do not. Waiting: for whole rows, about 60% of every
     resident program's rows (a row streams while its re-reads wait); for wide rows, the
     wave's logits, which ``split_launch`` keeps under ``L2_SHARE`` of the L2. Vocabulary
-    parallel (one rank of ``ranks``, ``triton_parallel``): the statistics phase re-reads the
+    parallel (one rank of ``ranks``, ``sharded``): the statistics phase re-reads the
     ranking input as whole rows do, and the gradient phase both inputs after the collectives,
     so from L2 only when all the rank's rows fit in it."""
     compulsory = (student_itemsize + teacher_itemsize + student_itemsize
@@ -175,3 +175,10 @@ def hbm_bytes_per_element(rows: int, num_classes: int, student_itemsize: int,
     if launch.split_chunks:
         return compulsory + rereads * missed(launch.wave_rows * row_bytes)
     return compulsory + rereads * missed(0.6 * programs * launch.rows * row_bytes)
+
+
+def chunk_bounds(classes: int, lanes: int, vec: int, shifted: bool) -> tuple[int, int, int]:
+    """The kernel's (FIRST, last, end): chunks [FIRST, last) are full in every row."""
+    block = lanes * vec
+    first = 1 if shifted else 0
+    return first, max(classes // block, first), -(-(classes + (vec - 1 if shifted else 0)) // block)

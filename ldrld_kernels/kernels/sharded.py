@@ -1,21 +1,21 @@
 """Vocabulary-parallel LDRLD on the Triton kernel: each rank's slice of the classes streamed
-by ``triton_fused._ldrld_fused_kernel``, the row statistics combined across ranks in between
+by the LDRLD kernels (``ldrld``), the row statistics combined across ranks in between
 (``parallel`` states the math).
 
 A rank's slice is laid out as a wide row (``policy.split_launch``, one wave of every row):
-1. phase 3: each split streams the selection and the statistics over its chunks and writes
-   its record, as in phase 1, but no program merges the records: the ranks must first agree
-   on the top-k;
+1. ``_ldrld_split_stats_kernel`` without MERGE: each split streams the selection and the
+   statistics over its chunks and writes its record, but no program merges the records: the
+   ranks must first agree on the top-k;
 2. here, on the device, in float64 and without a host sync: the candidate classes (the
    classes of every split's k best groups; the rank's top-k lies among them, by the argument
-   of ``triton_fused``'s step 1) go to ``parallel.global_top_k``; the splits' sums and the
+   of ``ldrld``'s step 1) go to ``parallel.global_top_k``; the splits' sums and the
    candidates outside the global top-k make the rank's sums of its remaining classes, kept
    as (whole-number base-2 offset m, z = sum 2^(x log2(e) / T - m)); one all-reduce MAX of
    the offsets, one all-reduce SUM of the sums moved to them (and of the target's logit,
    from its owner). Every rank then has the row's statistics and computes the same row
    losses, and writes the row record that the gradient phase reads;
-3. phase 2: each split writes the gradients of its chunks, then the selected classes and
-   the target that lie in it.
+3. ``_ldrld_split_grads_kernel``: each split writes the gradients of its chunks, then the
+   selected classes and the target that lie in it.
 Traffic: each input is read three times and each gradient written once; the first read and
 the others are separated by collectives, so the re-reads come from L2 only for rows that fit
 in it. Communication as in ``parallel``: rows x 4 k world numbers gathered, rows x 8
@@ -29,13 +29,17 @@ import math
 import torch
 import torch.distributed as dist
 
-from ldrld_kernels import parallel
 from ldrld_kernels.config import LossConfig
-from ldrld_kernels.hardware import hardware_of, on_device
-from ldrld_kernels.policy import split_launch
-from ldrld_kernels.torch_path import local_term
-from ldrld_kernels.triton_common import LN2, LOG2E, allocate_outputs
-from ldrld_kernels.triton_fused import (
+from ldrld_kernels.kernels.common import LN2, LOG2E
+from ldrld_kernels.kernels.hardware import hardware_of, on_device
+from ldrld_kernels.kernels.launcher import (
+    allocate_outputs,
+    gradient_arguments,
+    integer_temperature,
+    kernel_arguments,
+    split_arguments,
+)
+from ldrld_kernels.kernels.ldrld import (
     NO_GROUP,
     ROW_COUNTED,
     ROW_G_Y,
@@ -52,11 +56,12 @@ from ldrld_kernels.triton_fused import (
     SPLIT_M_U,
     SPLIT_Z_S,
     STATS,
-    _ldrld_fused_kernel,
-    integer_temperature,
-    kernel_arguments,
-    split_arguments,
+    _ldrld_split_grads_kernel,
+    _ldrld_split_stats_kernel,
 )
+from ldrld_kernels.kernels.policy import split_launch
+from ldrld_kernels.pytorch import parallel
+from ldrld_kernels.pytorch.vectorized import local_term
 
 LN2_, LOG2E_ = LN2.value, LOG2E.value
 EMPTY_OFFSET = -1e30  # the kernel's offset of an empty sum
@@ -68,7 +73,7 @@ def _moved(m: torch.Tensor, z: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
 
 
 def _moved_w(w, z_v, m_u, m_v, new_u, new_v):
-    """``triton_fused._move_w``: w = sum 2^a_v (a_v - a_u) moved to new offsets."""
+    """``ldrld._move_w``: w = sum 2^a_v (a_v - a_u) moved to new offsets."""
     return (w - ((new_v - m_v) - (new_u - m_u)) * z_v) * torch.exp2(m_v - new_v)
 
 
@@ -92,7 +97,7 @@ def ldrld_rows(
     grad_scale: torch.Tensor | None,
     shard: parallel.Shard,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """``triton_fused.ldrld_rows`` on this rank's slice of the classes (``shard``): every
+    """``launcher.ldrld_rows`` on this rank's slice of the classes (``shard``): every
     rank gets the same row losses and parts and the gradients of its slice."""
     # the launches on the logits' device, and its current stream (hardware.on_device)
     with on_device(student.device):
@@ -123,7 +128,7 @@ def _sharded_rows(student, teacher, target, config, need_student_grad, need_teac
         splits, work, k_pad = arguments["splits"], arguments["work_ptr"], arguments["K_PAD"]
         record = STATS.value + k_pad
         grid = (rows, splits)
-        _ldrld_fused_kernel[grid](row0=0, SPLIT_PHASE=3, **arguments)
+        _ldrld_split_stats_kernel[grid](row0=0, MERGE=False, **arguments)
         records = work[:, :splits * record].view(rows, splits, record)
         m_u, z_u, m_v, z_v, w, m_s, z_s = (
             records[:, :, SPLIT_M_U.value:SPLIT_Z_S.value + 1].to(f64).unbind(dim=2))
@@ -248,5 +253,5 @@ def _sharded_rows(student, teacher, target, config, need_student_grad, need_teac
     keep = counted[:, None]
     cells[:, k_pad:k_pad + k] = torch.where(keep, g_top_s, 0.0)
     cells[:, 2 * k_pad:2 * k_pad + k] = torch.where(keep, g_top_t, 0.0)
-    _ldrld_fused_kernel[grid](row0=0, SPLIT_PHASE=2, **arguments)
+    _ldrld_split_grads_kernel[grid](row0=0, **gradient_arguments(arguments))
     return row_loss, parts, grad_s, grad_t

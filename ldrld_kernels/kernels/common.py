@@ -1,4 +1,4 @@
-"""Triton device functions of the LDRLD kernel and the backward scale kernel.
+"""Triton device functions of the LDRLD kernels: base-2 math and the local term.
 
 With u = s / T and v = t / T, the top-k classes pi and the remaining classes R:
     local = T^2 (sum_{i<j} w_ij KL_ij + KL(softmax(v_pi) || softmax(u_pi))) / (k(k-1)/2 + 1)
@@ -15,13 +15,9 @@ from __future__ import annotations
 
 import os
 
-import torch
 import triton
 import triton.language as tl
 from triton.language.extra import libdevice
-
-from ldrld_kernels.hardware import on_device
-from ldrld_kernels.torch_path import gradient_dtype
 
 LN2 = tl.constexpr(0.6931471805599453)
 LOG2E = tl.constexpr(1.4426950408889634)
@@ -46,15 +42,16 @@ def _reciprocal(x):
     return libdevice.fast_dividef(1.0, x)
 
 
-
-
 @triton.jit
-def _local_term_rows(top_s, top_t, k, T, alpha, adw_scale, adw_decay, adw_offset,
-                     K_PAD: tl.constexpr, TEACHER_GRAD: tl.constexpr = True):
+def _local_term_rows(top_s, top_t, settings, K_PAD: tl.constexpr,
+                     TEACHER_GRAD: tl.constexpr = True):
     """The local term of each row from the logits of its top-k classes in rank order
     ([ROWS, K_PAD], entries past k ignored), and alpha times its gradients at those
-    classes ([ROWS, K_PAD]); the teacher's only with TEACHER_GRAD (else zeros). Worked in
-    base 2 (exp2, log2: one hardware instruction each), the KLs converted to nats."""
+    classes ([ROWS, K_PAD]); the teacher's only with TEACHER_GRAD (else zeros). ``settings``:
+    ``config.LossNumbers``. Worked in base 2 (exp2, log2: one hardware instruction each), the
+    KLs converted to nats."""
+    k, T, alpha = settings.k, settings.temperature, settings.alpha
+    adw_scale, adw_decay, adw_offset = settings.adw_scale, settings.adw_decay, settings.adw_offset
     ranks = tl.arange(0, K_PAD)
     in_top = (ranks < k)[None, :]
     c2 = LOG2E / T
@@ -104,61 +101,9 @@ def _local_term_rows(top_s, top_t, k, T, alpha, adw_scale, adw_decay, adw_offset
     return local, grad_s, grad_t
 
 
-
-
-
-
 @triton.jit
 def _grad_scale(grad_scale_ptr, SCALE_GRAD: tl.constexpr):
     """The factor every stored gradient is multiplied by (1 / rows counted for a mean)."""
     if SCALE_GRAD:
         return tl.load(grad_scale_ptr).to(tl.float32)
     return 1.0
-
-
-
-@triton.jit
-def _scale_kernel(grad_ptr, scale_ptr, n, BLOCK: tl.constexpr, SUB: tl.constexpr):
-    # Backward of a reduced loss multiplies the saved gradient by the upstream gradient; that
-    # is exactly 1 for a plain loss.backward(), and then no byte of the gradient is touched
-    # (``ldrld profile`` counts that case): few threads per element, each reading the scale
-    # once, so that even this no-op costs next to nothing.
-    scale = tl.load(scale_ptr).to(tl.float32)
-    if scale != 1.0:  # runs: 0
-        start = tl.program_id(0).to(tl.int64) * BLOCK
-        for sub in range(0, BLOCK, SUB):  # trips: BLOCK // SUB
-            offsets = start + sub + tl.arange(0, SUB)
-            mask = offsets < n
-            grad = tl.load(grad_ptr + offsets, mask=mask).to(tl.float32)
-            tl.store(grad_ptr + offsets, (grad * scale).to(grad_ptr.dtype.element_ty),
-                     mask=mask)
-
-
-# Elements per program of the backward scale, SCALE_SUB (16 per thread of its 4 warps) at a
-# time: large, so that a no-op backward (upstream gradient 1: each program reads the scale
-# and returns) launches few programs, 4,008 for 8192 x 16,032 logits.
-SCALE_BLOCK = 32768
-SCALE_SUB = 2048
-
-
-def scale_in_place(grad: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """``grad *= scale`` for a contiguous ``grad`` and a 0-d ``scale`` on its device, without
-    reading ``grad`` when ``scale`` is 1 and without a host sync."""
-    if grad.numel():
-        with on_device(grad.device):
-            _scale_kernel[(triton.cdiv(grad.numel(), SCALE_BLOCK),)](
-                grad, scale, grad.numel(), BLOCK=SCALE_BLOCK, SUB=SCALE_SUB, num_warps=4)
-    return grad
-
-
-def allocate_outputs(student: torch.Tensor, teacher: torch.Tensor, need_student_grad: bool,
-                     need_teacher_grad: bool):
-    """Row losses (float32), per-row parts (float32) and contiguous gradient buffers in
-    ``gradient_dtype`` of the inputs' dtypes (None where not asked for)."""
-    rows = student.shape[0]
-    row_loss = student.new_empty(rows, dtype=torch.float32)
-    parts = student.new_empty(rows, 3, dtype=torch.float32)
-    grad_s, grad_t = (x.new_empty(x.shape, dtype=gradient_dtype(x.dtype)) if need else None
-                      for x, need in ((student, need_student_grad),
-                                      (teacher, need_teacher_grad)))
-    return row_loss, parts, grad_s, grad_t
