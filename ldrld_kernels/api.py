@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Literal, NamedTuple
+from typing import NamedTuple
 
 import torch
 
 from ldrld_kernels.backends import resolve_backend, rows_function
-from ldrld_kernels.config import LossConfig
+from ldrld_kernels.config import Backend, CallOptions, LossConfig, RankBy, Reduction
 from ldrld_kernels.pytorch import parallel
-from ldrld_kernels.validation import check_options, check_target_values, validate
+from ldrld_kernels.validation import check_target_values, validate
 
 
 class LDRLDOutput(NamedTuple):
@@ -125,10 +125,10 @@ def ldrld_loss(
     adw_scale: float = 2.0,
     adw_decay: float = 0.05,
     adw_offset: float = 1.5,
-    rank_by: Literal["student", "teacher"] = "student",
+    rank_by: RankBy = "student",
     ignore_index: int = -100,
-    reduction: Literal["mean", "sum", "none"] = "mean",
-    backend: Literal["auto", "triton", "torch"] = "auto",
+    reduction: Reduction = "mean",
+    backend: Backend = "auto",
     return_parts: bool = False,
     process_group: object | None = None,
 ) -> torch.Tensor | LDRLDOutput:
@@ -179,11 +179,9 @@ def ldrld_loss(
         loss = ldrld_loss(student_logits, teacher_logits, labels, alpha=10.5, beta=7.0)
         loss.backward()
     """
-    config = LossConfig(k=k, temperature=temperature, alpha=alpha, beta=beta,
-                        ce_weight=ce_weight, adw_scale=adw_scale, adw_decay=adw_decay,
-                        adw_offset=adw_offset, rank_by=rank_by, ignore_index=ignore_index)
-    return _loss(student_logits, teacher_logits, target, config, reduction, backend,
-                 return_parts, process_group)
+    # (the keywords as given, each checked by its class: config)
+    config, options = LossConfig.from_keywords(locals()), CallOptions.from_keywords(locals())
+    return _loss(student_logits, teacher_logits, target, config, options)
 
 
 class _Call(NamedTuple):
@@ -196,13 +194,12 @@ class _Call(NamedTuple):
 
 
 def prepare(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
-            target: torch.Tensor | None, config: LossConfig, reduction: str, backend: str,
-            process_group) -> _Call:
+            target: torch.Tensor | None, config: LossConfig, options: CallOptions) -> _Call:
     """Validate a call on ``(..., C)`` logits (or stand-ins of their shape, dtype and device),
-    agree with the other ranks of ``process_group``, choose the backend, and the mean's
-    scale: shared by ``ldrld_loss`` and ``fused_linear``."""
-    validate(student_logits, teacher_logits, target, k=config.k, reduction=reduction,
-             backend=backend,
+    agree with the other ranks of ``options.process_group``, choose the backend, and the
+    mean's scale: shared by ``ldrld_loss`` and ``fused_linear``."""
+    process_group = options.process_group
+    validate(student_logits, teacher_logits, target, k=config.k,
              vocab_slice=process_group is not None)  # (then shard_of checks k against C)
     rows = math.prod(student_logits.shape[:-1])
     shard = None
@@ -210,14 +207,14 @@ def prepare(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
         # one small all-gather, which also checks that the ranks agree
         shard = parallel.shard_of(student_logits, process_group, rows, config.k,
                                   config.temperature, target is not None)
-    backend = resolve_backend(backend, student_logits, teacher_logits)
+    backend = resolve_backend(options.backend, student_logits, teacher_logits)
     flat_target = None
     if target is not None:
         flat_target = target.reshape(-1)
         check_target_values(flat_target, student_logits.shape[-1] if shard is None
                             else shard.num_classes, config.ignore_index)
     mean_scale = None
-    if reduction == "mean":
+    if options.reduction == "mean":
         dtype = torch.float64 if torch.float64 in (student_logits.dtype, teacher_logits.dtype) \
             else torch.float32
         mean_scale = _mean_scale(flat_target, rows, config.ignore_index, dtype,
@@ -236,19 +233,18 @@ def output(loss: torch.Tensor, parts: torch.Tensor, lead: torch.Size, reduction:
     return LDRLDOutput(loss, ce, local, rntk)
 
 
-def _loss(student_logits, teacher_logits, target, config: LossConfig, reduction: str,
-          backend: str, return_parts: bool, process_group) -> torch.Tensor | LDRLDOutput:
-    """``ldrld_loss`` with its settings in a (validated) ``LossConfig``."""
-    call = prepare(student_logits, teacher_logits, target, config, reduction, backend,
-                   process_group)
+def _loss(student_logits, teacher_logits, target, config: LossConfig,
+          options: CallOptions) -> torch.Tensor | LDRLDOutput:
+    """``ldrld_loss`` with its keywords checked (``config``)."""
+    call = prepare(student_logits, teacher_logits, target, config, options)
     lead, num_classes = student_logits.shape[:-1], student_logits.shape[-1]
     # (the row count spelled out: a rank's slice of the classes may be empty)
     student_2d = student_logits.reshape(math.prod(lead), num_classes)
     teacher_2d = teacher_logits.reshape(math.prod(lead), num_classes)
     loss, parts = _LDRLDFunction.apply(student_2d, teacher_2d, call.target, config,
-                                       call.backend, reduction, call.mean_scale, call.shard,
-                                       torch.is_grad_enabled())
-    return output(loss, parts, lead, reduction, return_parts)
+                                       call.backend, options.reduction, call.mean_scale,
+                                       call.shard, torch.is_grad_enabled())
+    return output(loss, parts, lead, options.reduction, options.return_parts)
 
 
 class LDRLDLoss(torch.nn.Module):
@@ -272,21 +268,16 @@ class LDRLDLoss(torch.nn.Module):
         adw_scale: float = 2.0,
         adw_decay: float = 0.05,
         adw_offset: float = 1.5,
-        rank_by: Literal["student", "teacher"] = "student",
+        rank_by: RankBy = "student",
         ignore_index: int = -100,
-        reduction: Literal["mean", "sum", "none"] = "mean",
-        backend: Literal["auto", "triton", "torch"] = "auto",
+        reduction: Reduction = "mean",
+        backend: Backend = "auto",
         return_parts: bool = False,
         process_group: object | None = None,
     ) -> None:
         super().__init__()
-        self.config = LossConfig(k=k, temperature=temperature, alpha=alpha, beta=beta,
-                                 ce_weight=ce_weight, adw_scale=adw_scale, adw_decay=adw_decay,
-                                 adw_offset=adw_offset, rank_by=rank_by,
-                                 ignore_index=ignore_index)
-        check_options(reduction, backend)
-        self.reduction, self.backend = reduction, backend
-        self.return_parts, self.process_group = return_parts, process_group
+        self.config = LossConfig.from_keywords(locals())
+        self.options = CallOptions.from_keywords(locals())
 
     def forward(
         self,
@@ -294,11 +285,8 @@ class LDRLDLoss(torch.nn.Module):
         teacher_logits: torch.Tensor,
         target: torch.Tensor | None = None,
     ) -> torch.Tensor | LDRLDOutput:
-        return _loss(student_logits, teacher_logits, target, self.config, self.reduction,
-                     self.backend, self.return_parts, self.process_group)
+        return _loss(student_logits, teacher_logits, target, self.config, self.options)
 
     def extra_repr(self) -> str:
-        options = {**dataclasses.asdict(self.config), "reduction": self.reduction,
-                   "backend": self.backend, "return_parts": self.return_parts,
-                   "process_group": self.process_group}
-        return ", ".join(f"{name}={value!r}" for name, value in options.items())
+        keywords = {**dataclasses.asdict(self.config), **dataclasses.asdict(self.options)}
+        return ", ".join(f"{name}={value!r}" for name, value in keywords.items())

@@ -29,7 +29,7 @@ def _triton_rows(student, teacher, target, config, need_student_grad, need_teach
     from ldrld_kernels.kernels import ops
 
     row_loss, parts, grad_s, grad_t = ops.ldrld_rows(
-        student, teacher, target, grad_scale, *config.op_args(), need_student_grad,
+        student, teacher, target, grad_scale, *config.values(), need_student_grad,
         need_teacher_grad)
     return (row_loss, parts, grad_s if need_student_grad else None,
             grad_t if need_teacher_grad else None)
@@ -85,7 +85,6 @@ BACKENDS: dict[str, Backend] = {
     "torch": Backend(vectorized.ldrld_rows, vectorized.ldrld_rows, _always),
     "triton": Backend(_triton_rows, _triton_sharded_rows, _triton_unavailable),
 }
-NAMES = ("auto", *BACKENDS)  # what ``backend=`` takes
 
 
 def rows_function(name: str, shard=None) -> Callable:

@@ -1,21 +1,26 @@
-"""The scalar settings of one LDRLD call, shared by every backend: ``LossConfig`` validates
-its own fields, so that a bad setting fails where it is made (``LDRLDLoss(k=0)`` at
-construction), and carries them to the backends and the custom op."""
+"""The options of an LDRLD call, each defined once: their names, their defaults and their
+checks. ``LossConfig`` holds the settings that define the loss (and reach every backend, the
+custom op and the kernels mechanically, field by field); ``CallOptions`` the rest of a call's
+keywords. Both validate their fields, so that a bad setting fails where it is made
+(``LDRLDLoss(k=0)`` at construction). The public signatures spell the keywords out, typed,
+with these defaults (``tests/test_config.py`` holds them equal)."""
 
 from __future__ import annotations
 
 from collections import namedtuple
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Literal
+from typing import Literal, get_args
 
-from ldrld_kernels.validation import (
-    MAX_K,
-    RANK_BY,
-    check_choice,
-    check_int,
-    check_k,
-    check_real,
-)
+from ldrld_kernels.validation import MAX_K, check_choice, check_int, check_k, check_real
+
+Reduction = Literal["mean", "sum", "none"]
+RankBy = Literal["student", "teacher"]
+# "auto": the Triton kernels for CUDA tensors where they run, else the PyTorch path
+Backend = Literal["auto", "torch", "triton"]
+REDUCTIONS: tuple[str, ...] = get_args(Reduction)
+RANK_BY: tuple[str, ...] = get_args(RankBy)
+BACKENDS: tuple[str, ...] = get_args(Backend)
 
 
 @dataclass(frozen=True)
@@ -31,7 +36,7 @@ class LossConfig:
     adw_scale: float = 2.0
     adw_decay: float = 0.05
     adw_offset: float = 1.5
-    rank_by: Literal["student", "teacher"] = "student"
+    rank_by: RankBy = "student"
     ignore_index: int = -100
 
     def __post_init__(self) -> None:
@@ -50,29 +55,52 @@ class LossConfig:
                 object.__setattr__(self, field.name, int(value) if field.type == "int"
                                    else float(value))
 
+    @classmethod
+    def from_keywords(cls, keywords: Mapping[str, object]) -> LossConfig:
+        """The config of a call's keywords (a public function's ``locals()``)."""
+        return cls(**{name: keywords[name] for name in LOSS_FIELDS})
+
     @property
     def num_groups(self) -> int:
         """The local term averages over the k(k-1)/2 pairs and the top-k group."""
         return self.k * (self.k - 1) // 2 + 1
+
+    def values(self) -> tuple:
+        """Every field, in order: what the custom op ``ops.ldrld_rows`` takes (its schema is
+        made from the fields, ``ops.SETTINGS``)."""
+        return tuple(getattr(self, name) for name in LOSS_FIELDS)
 
     def numbers(self) -> LossNumbers:
         """The numeric settings (every int and float field, in order), as the kernels take
         them (``settings.temperature``)."""
         return LossNumbers(*(getattr(self, name) for name in LossNumbers._fields))
 
-    def op_args(self) -> tuple:
-        """The settings as the custom op ``ops.ldrld_rows`` takes them (scalars only)."""
-        return (self.k, self.temperature, self.alpha, self.beta, self.ce_weight,
-                self.adw_scale, self.adw_decay, self.adw_offset, self.rank_by == "teacher",
-                self.ignore_index)
 
-    @classmethod
-    def from_op_args(cls, k, temperature, alpha, beta, ce_weight, adw_scale, adw_decay,
-                     adw_offset, rank_by_teacher, ignore_index) -> LossConfig:
-        return cls(k, temperature, alpha, beta, ce_weight, adw_scale, adw_decay, adw_offset,
-                   "teacher" if rank_by_teacher else "student", ignore_index)
-
-
-# The numeric fields of LossConfig, by name: a new one reaches the kernels with no other change
+# LossConfig's fields by name (``torch.compile`` traces no ``dataclasses.fields``), and its
+# numeric ones: a new one reaches the kernels with no other change
+LOSS_FIELDS = tuple(field.name for field in fields(LossConfig))
 LossNumbers = namedtuple("LossNumbers", [field.name for field in fields(LossConfig)
                                          if field.type in ("int", "float")])
+
+
+@dataclass(frozen=True)
+class CallOptions:
+    """``ldrld_loss``'s keywords that say how the loss is computed and returned, not what it
+    is (see its docstring)."""
+
+    reduction: Reduction = "mean"
+    backend: Backend = "auto"
+    return_parts: bool = False
+    process_group: object | None = None  # a torch.distributed ProcessGroup
+
+    def __post_init__(self) -> None:
+        check_choice("reduction", self.reduction, REDUCTIONS)
+        check_choice("backend", self.backend, BACKENDS)
+
+    @classmethod
+    def from_keywords(cls, keywords: Mapping[str, object]) -> CallOptions:
+        """The options of a call's keywords (a public function's ``locals()``)."""
+        return cls(**{name: keywords[name] for name in CALL_FIELDS})
+
+
+CALL_FIELDS = tuple(field.name for field in fields(CallOptions))

@@ -30,9 +30,8 @@ import torch.nn.functional as F
 
 from ldrld_kernels.api import LDRLDOutput, _reduce, _scale, output, prepare
 from ldrld_kernels.backends import rows_function
-from ldrld_kernels.config import LossConfig
+from ldrld_kernels.config import Backend, CallOptions, LossConfig, RankBy, Reduction
 from ldrld_kernels.pytorch import parallel
-from ldrld_kernels.validation import check_options
 
 # ``chunk_rows="auto"``: one chunk's logits and their gradients take at most this many bytes
 CHUNK_BYTES = {"cuda": 1 << 30, "cpu": 256 << 20}
@@ -239,6 +238,24 @@ def _check_linear(who: str, hidden: object, weight: object, bias: object) -> Non
                          f"({weight.shape[0]},), got {tuple(bias.shape)}")
 
 
+def _autocast(*tensors: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
+    """As F.linear under autocast: float32 inputs in the autocast dtype (the casts are
+    differentiable, so float32 weights get float32 gradients); else the inputs."""
+    first = tensors[0]
+    if not (isinstance(first, torch.Tensor) and torch.is_autocast_enabled(first.device.type)):
+        return tensors
+    dtype = torch.get_autocast_dtype(first.device.type)
+    return tuple(x.to(dtype) if isinstance(x, torch.Tensor) and x.dtype == torch.float32 else x
+                 for x in tensors)
+
+
+def _logits_like(hidden: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """The logits of ``hidden`` as ``validate`` sees them: their shape, dtype and device, no
+    memory."""
+    return torch.empty((), dtype=hidden.dtype, device=hidden.device).expand(
+        *hidden.shape[:-1], num_classes)
+
+
 def _check_pair(student_hidden, student_weight, teacher_hidden, teacher_weight,
                 chunk_rows) -> None:
     if student_weight.shape[0] != teacher_weight.shape[0]:
@@ -277,10 +294,10 @@ def ldrld_fused_linear_loss(
     adw_scale: float = 2.0,
     adw_decay: float = 0.05,
     adw_offset: float = 1.5,
-    rank_by: Literal["student", "teacher"] = "student",
+    rank_by: RankBy = "student",
     ignore_index: int = -100,
-    reduction: Literal["mean", "sum", "none"] = "mean",
-    backend: Literal["auto", "triton", "torch"] = "auto",
+    reduction: Reduction = "mean",
+    backend: Backend = "auto",
     return_parts: bool = False,
     process_group: object | None = None,
     reduce_hidden_grad: bool = True,
@@ -315,29 +332,19 @@ def ldrld_fused_linear_loss(
                                        teacher_out.hidden_states[-1], teacher.lm_head.weight,
                                        labels, ignore_index=-100)
     """
-    if isinstance(student_hidden, torch.Tensor) and \
-            torch.is_autocast_enabled(student_hidden.device.type):
-        # as F.linear under autocast: float32 inputs in the autocast dtype (the casts are
-        # differentiable, so float32 weights get float32 gradients)
-        dtype = torch.get_autocast_dtype(student_hidden.device.type)
-        (student_hidden, student_weight, student_bias, teacher_hidden, teacher_weight,
-         teacher_bias) = (
-            x.to(dtype) if isinstance(x, torch.Tensor) and x.dtype == torch.float32 else x
-            for x in (student_hidden, student_weight, student_bias, teacher_hidden,
-                      teacher_weight, teacher_bias))
+    # (the keywords as given, each checked by its class: config; this function defines no
+    # closure, whose cells torch.compile could not read in locals())
+    config, options = LossConfig.from_keywords(locals()), CallOptions.from_keywords(locals())
+    (student_hidden, student_weight, student_bias, teacher_hidden, teacher_weight,
+     teacher_bias) = _autocast(student_hidden, student_weight, student_bias, teacher_hidden,
+                               teacher_weight, teacher_bias)
     _check_linear("student", student_hidden, student_weight, student_bias)
     _check_linear("teacher", teacher_hidden, teacher_weight, teacher_bias)
     _check_pair(student_hidden, student_weight, teacher_hidden, teacher_weight, chunk_rows)
     lead = student_hidden.shape[:-1]
     rows, num_classes = math.prod(lead), student_weight.shape[0]
-    # the logits as validate sees them: their shape, dtype and device, no memory
-    logits_s, logits_t = (torch.empty((), dtype=hidden.dtype, device=hidden.device)
-                          .expand(*lead, num_classes)
-                          for hidden in (student_hidden, teacher_hidden))
-    config = LossConfig(k=k, temperature=temperature, alpha=alpha, beta=beta,
-                        ce_weight=ce_weight, adw_scale=adw_scale, adw_decay=adw_decay,
-                        adw_offset=adw_offset, rank_by=rank_by, ignore_index=ignore_index)
-    call = prepare(logits_s, logits_t, target, config, reduction, backend, process_group)
+    call = prepare(_logits_like(student_hidden, num_classes),
+                   _logits_like(teacher_hidden, num_classes), target, config, options)
     teacher_grad = torch.is_grad_enabled() and any(
         x is not None and x.requires_grad for x in (teacher_hidden, teacher_weight, teacher_bias))
     if chunk_rows == "auto":
@@ -366,9 +373,9 @@ class LDRLDFusedLinearLoss(torch.nn.Module):
         if unknown:
             raise TypeError(f"LDRLDFusedLinearLoss: unknown or per-call keywords {unknown} "
                             "(the biases go to forward)")
-        LossConfig(**{field.name: options[field.name] for field in dataclasses.fields(LossConfig)
-                      if field.name in options})  # (fails here on a bad setting)
-        check_options(options.get("reduction", "mean"), options.get("backend", "auto"))
+        for checked in (LossConfig, CallOptions):  # (fails here on a bad setting)
+            checked(**{field.name: options[field.name] for field in dataclasses.fields(checked)
+                       if field.name in options})
         self.options = options
 
     def forward(

@@ -10,8 +10,6 @@ import torch
 # The largest k: the kernels hold the k x k pair tile of a row in registers (K_PAD^2 = 4,096
 # values per row at 64) and the selection takes k rounds; the paper uses k = 7.
 MAX_K = 64
-REDUCTIONS = ("mean", "sum", "none")
-RANK_BY = ("student", "teacher")
 LOGIT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
@@ -53,15 +51,12 @@ def validate(
     target: object,
     *,
     k: int,
-    reduction: object,
-    backend: object,
     vocab_slice: bool = False,
 ) -> None:
     """Raise ``TypeError`` / ``ValueError`` naming the argument and the value, or return.
-    The loss settings check themselves (``config.LossConfig``); here the tensors, ``k``
-    against their C (with ``vocab_slice`` the logits hold a slice of each row, vocabulary
-    parallel, and ``parallel.shard_of`` checks k against the whole row), ``reduction`` and
-    ``backend``.
+    The options check themselves (``config``); here the tensors and ``k`` against their C
+    (with ``vocab_slice`` the logits hold a slice of each row, vocabulary parallel, and
+    ``parallel.shard_of`` checks k against the whole row).
 
     Target values are checked separately (``check_target_values``): that reads the data.
     """
@@ -79,7 +74,6 @@ def validate(
         )
     if not vocab_slice:
         check_k(k, student.shape[-1])
-    check_options(reduction, backend)
     if target is None:
         return
     if not isinstance(target, torch.Tensor):
@@ -98,14 +92,6 @@ def validate(
             f"ldrld_loss: target must be on the logits' device {student.device}, "
             f"got {target.device}"
         )
-
-
-def check_options(reduction: object, backend: object) -> None:
-    """The call's options that are not loss settings."""
-    check_choice("reduction", reduction, REDUCTIONS)
-    from ldrld_kernels.backends import NAMES  # (backends imports the paths, which import us)
-
-    check_choice("backend", backend, NAMES)
 
 
 def check_k(k: int, num_classes: int | None) -> None:

@@ -18,7 +18,7 @@ def test_opcheck(with_target):
     student, teacher = (x.to(DEVICE) for x in random_logits(3, 50))
     target = torch.tensor([1, -100, 4], device=DEVICE) if with_target else None
     config = LossConfig(alpha=1.5, beta=0.5, rank_by="student" if with_target else "teacher")
-    args = (student, teacher, target, torch.tensor(0.5, device=DEVICE), *config.op_args(),
+    args = (student, teacher, target, torch.tensor(0.5, device=DEVICE), *config.values(),
             True, False)
     result = torch.library.opcheck(ops.ldrld_rows, args)
     assert set(result.values()) == {"SUCCESS"}, result

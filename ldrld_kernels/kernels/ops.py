@@ -7,6 +7,8 @@ gradients times the upstream gradient, in place, skipped on the device when it i
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from ldrld_kernels.config import LossConfig
@@ -20,32 +22,25 @@ def _op_outputs(student, teacher, row_loss, parts, grad_s, grad_t):
             grad_t if grad_t is not None else teacher.new_empty(0))
 
 
-@torch.library.custom_op("ldrld_kernels::ldrld_rows", mutates_args=())
-def ldrld_rows(
-    student: torch.Tensor,
-    teacher: torch.Tensor,
-    target: torch.Tensor | None,
-    grad_scale: torch.Tensor | None,
-    k: int,
-    temperature: float,
-    alpha: float,
-    beta: float,
-    ce_weight: float,
-    adw_scale: float,
-    adw_decay: float,
-    adw_offset: float,
-    rank_by_teacher: bool,
-    ignore_index: int,
-    need_student_grad: bool,
-    need_teacher_grad: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+# The loss settings as the op's scalars, one per field of LossConfig in order (its ``values``)
+SETTINGS = ", ".join(f"{field.type if field.type in ('int', 'float') else 'str'} {field.name}"
+                     for field in dataclasses.fields(LossConfig))
+
+
+def _ldrld_rows(student, teacher, target, grad_scale, *settings_and_needs):
     """Row losses, per-row parts and the gradients of the row losses times ``grad_scale``
     (an empty tensor for a gradient not asked for) of 2-D logits, from the Triton kernels;
-    the scalars are ``LossConfig.op_args()``."""
-    config = LossConfig.from_op_args(k, temperature, alpha, beta, ce_weight, adw_scale,
-                                     adw_decay, adw_offset, rank_by_teacher, ignore_index)
+    ``settings_and_needs``: ``LossConfig.values()``, then whether each gradient is needed."""
+    *settings, need_student_grad, need_teacher_grad = settings_and_needs
     return _op_outputs(student, teacher, *launcher.ldrld_rows(
-        student, teacher, target, config, need_student_grad, need_teacher_grad, grad_scale))
+        student, teacher, target, LossConfig(*settings), need_student_grad, need_teacher_grad,
+        grad_scale))
+
+
+ldrld_rows = torch.library.custom_op(
+    "ldrld_kernels::ldrld_rows", _ldrld_rows, mutates_args=(),
+    schema=f"(Tensor student, Tensor teacher, Tensor? target, Tensor? grad_scale, {SETTINGS}, "
+           "bool need_student_grad, bool need_teacher_grad) -> (Tensor, Tensor, Tensor, Tensor)")
 
 
 @ldrld_rows.register_fake

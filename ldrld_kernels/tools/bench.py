@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from ldrld_kernels import __version__, backends, reference
+from ldrld_kernels import __version__, backends, config, reference
 from ldrld_kernels.api import ldrld_loss
 
 
@@ -52,7 +52,8 @@ SHAPES = (
 )
 QUICK_SHAPES = (Shape("imagenet", 256, 1000), Shape("llm-32k-16rows", 16, 32000))
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-BACKENDS = ("triton", "torch", "torch.compile", "reference")
+# the loss's backends (``backend=`` but "auto"), then the baselines of the same run
+BACKENDS = (*config.BACKENDS[1:], "torch.compile", "reference")
 # The reference builds k(k-1)/2 + 2 full-width softmaxes with autograd: past this many logits
 # it takes minutes and tens of GB, so it runs only on the small shapes.
 REFERENCE_MAX_ELEMENTS = 1 << 22

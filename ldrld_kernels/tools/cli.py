@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from ldrld_kernels.backends import available
+from ldrld_kernels.config import BACKENDS
 from ldrld_kernels.tools import bench, profile
 from ldrld_kernels.tools.check import compare_with_reference
 from ldrld_kernels.validation import MAX_K
@@ -150,7 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
     default_device = "cuda" if torch.cuda.is_available() else "cpu"
     commands = parser.add_subparsers(dest="command", required=True)
     check = commands.add_parser("check", help="compare the backends with the float64 reference")
-    check.add_argument("--backend", choices=("all", "torch", "triton"), default="all")
+    check.add_argument("--backend", choices=("all", *BACKENDS[1:]), default="all",
+                       help="default: every backend that runs here")
     check.add_argument("--dtype", nargs="+", choices=tuple(CHECK_DTYPES),
                        default=list(DEFAULT_CHECK_DTYPES),
                        help=f"default: {' '.join(DEFAULT_CHECK_DTYPES)}")
