@@ -21,7 +21,7 @@ SOURCE = re.compile(r'//## File "(?P<file>[^"]+)", line (?P<line>\d+)')
 _INLINED_AT = re.compile(r' inlined at "(?P<file>[^"]+)", line (?P<line>\d+)')
 _LABEL = re.compile(r"^(?P<label>\.L_x_\d+):")
 _TARGET = re.compile(r"`\((?P<label>\.L_x_\d+)\)")
-_TAG = re.compile(r"#\s*(?P<kind>trips|runs):\s*(?P<expr>.+?)\s*$")
+TAG = re.compile(r"#\s*(?P<kind>trips|runs):\s*(?P<expr>.+?)\s*$")
 
 
 @dataclass
@@ -145,7 +145,7 @@ def disassemble(cubin: bytes, source: KernelSource | None = None
                 where, tag = (match["file"], int(match["line"])), None
                 if located := source_of.locate(*where):
                     where = (located[0], where[1])
-                    if found := _TAG.search(located[1]):
+                    if found := TAG.search(located[1]):
                         tag = (found["kind"], found["expr"])
                 context = tuple((at["file"], int(at["line"]))
                                 for at in _INLINED_AT.finditer(line))

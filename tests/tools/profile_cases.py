@@ -1,5 +1,5 @@
 """Compiles kernels for sm_90 through ``ldrld_kernels.tools.profile`` and prints what it measured,
-as JSON. ``tests/test_profile.py`` runs this in a process of its own: the test session runs
+as JSON. ``tests/tools/test_profile.py`` runs this in a process of its own: the test session runs
 the Triton interpreter, which replaces the compiler.
 
 Two sets: small kernels whose machine code is known in advance (the instrument's own tests),
@@ -159,28 +159,35 @@ def instrument_cases() -> dict:
     return out
 
 
-# (rows, C, k, dtypes, target, rank_by, gradients): every branch of the launchers
+# (rows, C, k, dtypes, target, rank_by, gradients, sharded): every branch of the launchers
 LDRLD_CASES = [
-    (4, 1000, 7, (torch.bfloat16, torch.bfloat16), True, "student", (True, False)),
-    (4, 37, 2, (torch.float32, torch.bfloat16), False, "teacher", (True, True)),
-    (2, 16384, 64, (torch.float16, torch.float16), True, "student", (False, False)),
-    (2, 131072, 7, (torch.bfloat16, torch.bfloat16), True, "student", (True, False)),
-    (2, 20000, 16, (torch.float32, torch.float32), False, "teacher", (True, True)),
-    (3, 70001, 16, (torch.float32, torch.bfloat16), False, "teacher", (True, True)),
+    (4, 1000, 7, (torch.bfloat16, torch.bfloat16), True, "student", (True, False), False),
+    (4, 37, 2, (torch.float32, torch.bfloat16), False, "teacher", (True, True), False),
+    (2, 16384, 64, (torch.float16, torch.float16), True, "student", (False, False), False),
+    (2, 131072, 7, (torch.bfloat16, torch.bfloat16), True, "student", (True, False), False),
+    (2, 20000, 16, (torch.float32, torch.float32), False, "teacher", (True, True), False),
+    (3, 70001, 16, (torch.float32, torch.bfloat16), False, "teacher", (True, True), False),
+    (8, 3001, 7, (torch.bfloat16, torch.bfloat16), True, "student", (True, False), True),
 ]
 
 
 def ldrld_cases() -> list:
     results = []
-    for rows, classes, k, (s_dtype, t_dtype), has_target, rank_by, grads in LDRLD_CASES:
+    for (rows, classes, k, (s_dtype, t_dtype), has_target, rank_by, grads,
+         sharded) in LDRLD_CASES:
         student = torch.empty(rows, classes, dtype=s_dtype)
         teacher = torch.empty(rows, classes, dtype=t_dtype)
         target = torch.zeros(rows, dtype=torch.long) if has_target else None
         launches = profile.compile_call(student, teacher, target,
-                                        LossConfig(k=k, rank_by=rank_by), *grads)
-        results.append({"case": f"{rows}x{classes} k={k} {s_dtype}/{t_dtype} {rank_by}",
-                        "kernels": [profile.profile_launch(launch, rows, classes).name
-                                    for launch in launches]})
+                                        LossConfig(k=k, rank_by=rank_by), *grads,
+                                        sharded=sharded)
+        profiles = [profile.profile_launch(launch, rows, classes) for launch in launches]
+        results.append({"case": f"{rows}x{classes} k={k} {s_dtype}/{t_dtype} {rank_by}"
+                                f"{' sharded' if sharded else ''}",
+                        "kernels": [kernel.name for kernel in profiles],
+                        # the loops and blocks the profiler found, with their tagged lines
+                        "regions": sorted({region for kernel in profiles
+                                           for region in kernel.loops})})
         if classes in (1000, 131072):  # whole rows and split ones, on each rows model
             results[-1]["rows_models"] = {
                 model: {kernel.name: [kernel.instructions_per_element, kernel.hints]

@@ -2,20 +2,20 @@
 of every LDRLD kernel variant for sm_90, the budget check and the command line.
 
 Compiling needs Triton's compiler, which the interpreter of this test session replaces, so
-the compiling tests run ``tests/profile_cases.py`` and ``ldrld profile`` in processes of
+the compiling tests run ``tests/tools/profile_cases.py`` and ``ldrld profile`` in processes of
 their own.
 """
 
 import json
 import os
+import re
 
 import pytest
-import torch
 
-from ldrld_kernels.kernels import trips
 from ldrld_kernels.tools import profile
-from tests import profile_cases
+from ldrld_kernels.tools.profile import sass
 from tests.helpers import ROOT, run_python
+from tests.tools import profile_cases
 
 
 def _compiler_available() -> bool:
@@ -27,13 +27,15 @@ def _compiler_available() -> bool:
     return True
 
 
+# the modules whose kernels carry '# trips:' / '# runs:' tags
+KERNEL_SOURCES = [ROOT / "ldrld_kernels" / "kernels" / name for name in ("ldrld.py", "scale.py")]
 requires_compiler = pytest.mark.skipif(not _compiler_available(),
                                        reason="needs Triton's CUDA backend")
 
 
 @pytest.fixture(scope="module")
 def cases():
-    result = run_python(str(ROOT / "tests" / "profile_cases.py"), timeout=900)
+    result = run_python(str(ROOT / "tests" / "tools" / "profile_cases.py"), timeout=900)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
 
@@ -95,6 +97,18 @@ def test_every_ldrld_variant_compiles(cases):
     # whole rows in one launch; wide rows in two, statistics then gradients
     assert {"_ldrld_rows_kernel", "_ldrld_split_stats_kernel", "_ldrld_split_grads_kernel",
             "_scale_kernel"} <= compiled
+
+
+@requires_compiler
+def test_every_tagged_line_is_a_loop_or_block_of_a_compiled_kernel(cases):
+    # a '# trips:' / '# runs:' tag that no compiled kernel's loop or branch carries is a loop
+    # that disappeared, moved off its tag, or was renamed: its count would be silently wrong
+    used = {re.search(r"(\S+\.py:\d+)", region)[1] for case in cases["ldrld"]
+            for region in case["regions"]}
+    tagged = {f"{path.name}:{number}" for path in KERNEL_SOURCES
+              for number, line in enumerate(path.read_text().splitlines(), 1)
+              if sass.TAG.search(line)}
+    assert tagged and tagged == used
 
 
 @requires_compiler
@@ -182,94 +196,7 @@ def test_check_names_each_broken_budget(monkeypatch):
     assert "2.00 MUFU operations per element > 1.5" in line
 
 
-# ---- The exact-selection fallback on structured rows (issue 21, item 6) ---------------------
-
-
-def _streamed_fallback(logits, k, lanes, vec, kpl, rows):
-    """The kernel's selection as it streams (``ldrld._insert`` and the k rounds after
-    it), chunk by chunk, in whole tensors over rows and threads: the fraction of programs of
-    ``rows`` rows in which it is unsure, and the mean of their exact rounds (k less the fewest
-    winners above every dropped key of their unsure rows). Independent of
-    ``trips.fallback``."""
-    samples, classes = logits.shape
-    chunk = lanes * vec
-    padded = torch.full((samples, -(-classes // chunk) * chunk), -float("inf"))
-    padded[:, :classes] = logits
-    keys = padded.reshape(samples, -1, lanes, vec).amax(dim=3)  # [rows, chunks, lanes]
-    v = torch.full((samples, lanes, kpl), -float("inf"))
-    g = torch.full((samples, lanes, kpl), 2**30)
-    dropped = torch.full((samples, lanes), -float("inf"))
-    for c in range(keys.shape[1]):
-        x = keys[:, c, :, None]
-        gx = (c * lanes + torch.arange(lanes))[None, :, None]
-        dropped = torch.maximum(dropped, torch.minimum(x[:, :, 0], v[:, :, -1]))
-        # x goes in before the first smaller key (strictly: ties keep the earlier group)
-        above = x > v
-        previous = torch.cat([torch.zeros_like(above[:, :, :1]), above[:, :, :-1]], dim=2)
-        v = torch.where(previous, v.roll(1, dims=2), torch.where(above, x, v))
-        g = torch.where(previous, g.roll(1, dims=2), torch.where(above, gx, g))
-    theta = torch.full((samples,), -float("inf"))
-    certain = torch.zeros(samples, dtype=torch.long)
-    for _ in range(k):  # the best head of the threads' lists, ties to the smaller group
-        theta = v[:, :, 0].amax(dim=1)
-        group = torch.where(v[:, :, 0] == theta[:, None], g[:, :, 0], 2**30).amin(dim=1)
-        pop = (g[:, :, 0] == group[:, None])[:, :, None]
-        v = torch.where(pop, torch.cat([v[:, :, 1:], torch.full_like(v[:, :, :1],
-                                                                     -float("inf"))], dim=2), v)
-        g = torch.where(pop, torch.cat([g[:, :, 1:], torch.full_like(g[:, :, :1], 2**30)],
-                                       dim=2), g)
-        certain += theta > dropped.amax(dim=1)
-    unsure = ((dropped >= theta[:, None]) & (dropped > -float("inf"))).any(dim=1)
-    programs = samples - samples % rows
-    runs = unsure[:programs].reshape(-1, rows).any(dim=1)
-    first = torch.where(unsure, certain, k)[:programs].reshape(-1, rows).amin(dim=1)
-    rounds = (k - first[runs]).float().mean().item() if runs.any() else float(k)
-    return runs.float().mean().item(), rounds
-
-
-# launch arguments of whole rows with 64 threads of 2 candidates, and of a wide row's splits
-_WHOLE = {"C": 8192, "LANES": 64, "VEC": 8, "KPL": 2, "ROWS": 1, "k": 7, "SHIFTED": False,
-          "split_chunks": 0, "splits": 1}
-_SPLIT = {**_WHOLE, "C": 40000, "LANES": 32, "KPL": 3, "split_chunks": 8, "splits": 20}
-
-
-@pytest.mark.parametrize("args", [_WHOLE, _SPLIT, {**_WHOLE, "C": 4000, "LANES": 8, "KPL": 4,
-                                                   "ROWS": 4}], ids=["whole", "split", "rows4"])
-def test_fallback_rate_is_the_streamed_selection(args):
-    rates = {}
-    for model in profile.ROW_MODELS:
-        logits = trips.selection_rows(args, model)
-        hints = trips.profile_hints("_ldrld_split_stats_kernel" if args["split_chunks"]
-                                    else "_ldrld_rows_kernel", args, model)
-        rates[model] = hints["exact_selection"]
-        assert (rates[model], hints["exact_rounds"]) == pytest.approx(_streamed_fallback(
-            logits, args["k"], args["LANES"], args["VEC"], args["KPL"], args["ROWS"]))
-    # every row of the spaced model has its best groups on one thread; the clustered rows'
-    # best classes are consecutive groups, on different threads (and rarer than random ones)
-    assert rates["spaced"] == 1.0
-    assert rates["clustered"] != rates["normal"]
-
-
-def test_row_models_put_the_best_classes_where_they_say():
-    period = _WHOLE["LANES"] * _WHOLE["VEC"]
-    spaced = trips.selection_rows(_WHOLE, "spaced", samples=64)
-    top = spaced.topk(7, dim=1).indices
-    assert (top % period == top[:, :1] % period).all()  # one class of every chunk
-    assert (top.diff(dim=1).abs() % period == 0).all()
-    clustered = trips.selection_rows(_WHOLE, "clustered", samples=256)
-    normal = trips.selection_rows(_WHOLE, "normal", samples=256)
-    assert clustered.topk(7, dim=1).indices.float().median() < 100
-    assert normal.topk(7, dim=1).indices.float().median() > 1000
-    # the normal rows are those of the profile before the other models (its counts unchanged)
-    generator = torch.Generator().manual_seed(0)
-    assert torch.equal(normal, torch.randn(256, 8192, generator=generator))
-
-
-def test_spaced_rows_never_fall_back_when_a_thread_keeps_all_its_groups():
-    # 4 chunks and 4 candidates: each thread keeps every group it sees
-    args = {**_WHOLE, "C": 2048, "LANES": 64, "VEC": 8, "KPL": 4}
-    assert trips.profile_hints("_ldrld_rows_kernel", args, "spaced")[
-        "exact_selection"] == 0.0
+# ---- The exact-selection fallback on structured rows (issue 21, item 6): the report ------
 
 
 def test_fallback_table_and_budgets_on_structured_rows(monkeypatch):
@@ -288,13 +215,3 @@ def test_fallback_table_and_budgets_on_structured_rows(monkeypatch):
     monkeypatch.setitem(profile.BUDGETS, (4096, 4096, "bfloat16", 1),
                         profile.Budget(instructions_per_element=48))
     assert profile.check_budgets(list(by_model[0].values())) == []
-
-
-def test_fallback_when_k_exceeds_the_listed_groups():
-    # 8 threads x 5 candidates list 40 groups; with k = 48 the kernel's last winners are -inf,
-    # so any dropped key makes it unsure (rounds from the 40 certain ones on)
-    lanes, vec = 8, 4
-    keys = torch.ones(1, 6, lanes)
-    keys[:, 5] = 0.0  # each thread's 6th group falls off its list
-    logits = keys.reshape(1, -1).repeat_interleave(vec, dim=1)
-    assert trips.fallback(logits, 48, lanes, vec, 5, 1) == (1.0, 8.0)

@@ -10,7 +10,7 @@ import torch
 
 from ldrld_kernels.tools import bench, cli
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 GPU_CHECK = ROOT / "benchmarks" / "gpu_check.sh"
 
 
