@@ -35,10 +35,12 @@ def _triton_rows(student, teacher, target, config, need_student_grad, need_teach
             grad_t if need_teacher_grad else None)
 
 
-def _triton_sharded_rows(*args, shard):
+def _triton_sharded_rows(student, teacher, target, config, need_student_grad, need_teacher_grad,
+                         grad_scale, *, shard):
     from ldrld_kernels.kernels import sharded
 
-    return sharded.ldrld_rows(*args, shard)
+    return sharded.ldrld_rows(student, teacher, target, config, need_student_grad,
+                              need_teacher_grad, grad_scale, shard)
 
 
 def _always(device: torch.device, dtypes: tuple[torch.dtype, ...]) -> Exception | None:
@@ -50,8 +52,10 @@ def _triton_unavailable(device: torch.device,
     if torch.float64 in dtypes:
         return TypeError("ldrld_loss: backend='triton' takes float32, float16 or bfloat16 "
                          "logits, got dtype=torch.float64 (use backend='torch')")
+    from ldrld_kernels import kernels
+
     try:
-        import triton  # noqa: F401
+        kernels.import_triton()
     except ImportError:
         return ValueError("ldrld_loss: backend='triton' needs the triton package, which is "
                           "not installed")

@@ -10,9 +10,12 @@ from __future__ import annotations
 from collections import namedtuple
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from ldrld_kernels.validation import MAX_K, check_choice, check_int, check_k, check_real
+
+if TYPE_CHECKING:
+    from torch.distributed import ProcessGroup
 
 Reduction = Literal["mean", "sum", "none"]
 RankBy = Literal["student", "teacher"]
@@ -56,7 +59,7 @@ class LossConfig:
                                    else float(value))
 
     @classmethod
-    def from_keywords(cls, keywords: Mapping[str, object]) -> LossConfig:
+    def from_keywords(cls, keywords: Mapping[str, Any]) -> LossConfig:
         """The config of a call's keywords (a public function's ``locals()``)."""
         return cls(**{name: keywords[name] for name in LOSS_FIELDS})
 
@@ -73,14 +76,16 @@ class LossConfig:
     def numbers(self) -> LossNumbers:
         """The numeric settings (every int and float field, in order), as the kernels take
         them (``settings.temperature``)."""
-        return LossNumbers(*(getattr(self, name) for name in LossNumbers._fields))
+        return LossNumbers(*(getattr(self, name) for name in NUMBER_FIELDS))
 
 
 # LossConfig's fields by name (``torch.compile`` traces no ``dataclasses.fields``), and its
 # numeric ones: a new one reaches the kernels with no other change
 LOSS_FIELDS = tuple(field.name for field in fields(LossConfig))
-LossNumbers = namedtuple("LossNumbers", [field.name for field in fields(LossConfig)
-                                         if field.type in ("int", "float")])
+NUMBER_FIELDS = tuple(field.name for field in fields(LossConfig)
+                      if field.type in ("int", "float"))
+# (mypy takes only literal field names: it sees no field of this one)
+LossNumbers = namedtuple("LossNumbers", NUMBER_FIELDS)  # type: ignore[misc]
 
 
 @dataclass(frozen=True)
@@ -91,14 +96,14 @@ class CallOptions:
     reduction: Reduction = "mean"
     backend: Backend = "auto"
     return_parts: bool = False
-    process_group: object | None = None  # a torch.distributed ProcessGroup
+    process_group: ProcessGroup | None = None
 
     def __post_init__(self) -> None:
         check_choice("reduction", self.reduction, REDUCTIONS)
         check_choice("backend", self.backend, BACKENDS)
 
     @classmethod
-    def from_keywords(cls, keywords: Mapping[str, object]) -> CallOptions:
+    def from_keywords(cls, keywords: Mapping[str, Any]) -> CallOptions:
         """The options of a call's keywords (a public function's ``locals()``)."""
         return cls(**{name: keywords[name] for name in CALL_FIELDS})
 

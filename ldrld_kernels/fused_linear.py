@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.distributed as dist
@@ -64,7 +64,7 @@ class _Linear:
         self.grad_weight = torch.zeros(weight.shape, dtype=accumulate, device=weight.device) \
             if needs[1] else None
         self.grad_bias = torch.zeros(bias.shape, dtype=accumulate, device=bias.device) \
-            if needs[2] else None
+            if needs[2] and bias is not None else None  # (needs[2]: a bias that needs it)
 
     def logits(self, rows: slice) -> torch.Tensor:
         return F.linear(self.hidden[rows], self.weight, self.bias)
@@ -211,7 +211,9 @@ def _reduce_hidden_grads(models, shard: parallel.Shard | None, reduce: bool) -> 
             shard.all_reduce(model.grad_hidden, dist.ReduceOp.SUM)
 
 
-def _check_linear(who: str, hidden: object, weight: object, bias: object) -> None:
+# (typed as the public signature; anything else given raises here)
+def _check_linear(who: str, hidden: torch.Tensor, weight: torch.Tensor,
+                  bias: torch.Tensor | None) -> None:
     for name, value, dims in ((f"{who}_hidden", hidden, None), (f"{who}_weight", weight, 2),
                               (f"{who}_bias", bias, 1)):
         if value is None and name.endswith("bias"):
@@ -238,9 +240,10 @@ def _check_linear(who: str, hidden: object, weight: object, bias: object) -> Non
                          f"({weight.shape[0]},), got {tuple(bias.shape)}")
 
 
-def _autocast(*tensors: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
+def _autocast(*tensors: torch.Tensor | None) -> tuple[Any, ...]:
     """As F.linear under autocast: float32 inputs in the autocast dtype (the casts are
-    differentiable, so float32 weights get float32 gradients); else the inputs."""
+    differentiable, so float32 weights get float32 gradients); else the inputs. (Each
+    output has its input's type, which a tuple's annotation cannot say.)"""
     first = tensors[0]
     if not (isinstance(first, torch.Tensor) and torch.is_autocast_enabled(first.device.type)):
         return tensors
@@ -364,7 +367,7 @@ class LDRLDFusedLinearLoss(torch.nn.Module):
     """``nn.Module`` form of ``ldrld_fused_linear_loss``: the keywords (all but the tensors)
     are fixed at construction."""
 
-    def __init__(self, **options: object) -> None:
+    def __init__(self, **options: Any) -> None:
         super().__init__()
         keywords = {name for name, parameter in
                     inspect.signature(ldrld_fused_linear_loss).parameters.items()

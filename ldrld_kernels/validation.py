@@ -103,7 +103,8 @@ def check_k(k: int, num_classes: int | None) -> None:
         )
 
 
-def check_target_values(target: torch.Tensor, num_classes: int, ignore_index: int) -> None:
+def check_target_values(target: torch.Tensor, num_classes: int | torch.Tensor,
+                        ignore_index: int) -> None:
     """Targets must lie in [0, C) or equal ``ignore_index``.
 
     On CPU this raises ``ValueError``; on an accelerator, and inside ``torch.compile``, it is

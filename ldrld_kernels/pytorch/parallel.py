@@ -29,12 +29,16 @@ asynchronous device assertion on an NCCL-only group (``shard_of``).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
 
 from ldrld_kernels.pytorch.selection import top_k_indices
 from ldrld_kernels.validation import check_k
+
+if TYPE_CHECKING:
+    from torch.distributed import ProcessGroup
 
 
 @dataclass(frozen=True)
@@ -43,7 +47,7 @@ class Shard:
     ``num_classes``, in ``group``. ``offset`` and ``num_classes`` are 0-d device tensors when
     the group cannot carry host tensors (``shard_of``)."""
 
-    group: object  # a torch.distributed ProcessGroup
+    group: ProcessGroup | None  # (None: the default group, as in torch.distributed)
     offset: int | torch.Tensor
     local_classes: int
     num_classes: int | torch.Tensor
@@ -61,7 +65,7 @@ class Shard:
 _AGREED = ((0, "row count"), (2, "k"), (3, "temperature"), (4, "target (None on some ranks)"))
 
 
-def checks_on_host(group: object, device: torch.device) -> bool:
+def checks_on_host(group: ProcessGroup, device: torch.device) -> bool:
     """Whether the ranks' agreement is checked with host tensors: on CPU, and with a group
     that carries them beside accelerator tensors (gloo or MPI, e.g. a group created with
     ``backend="cpu:gloo,cuda:nccl"``), which costs no device synchronisation."""
@@ -69,7 +73,7 @@ def checks_on_host(group: object, device: torch.device) -> bool:
     return device.type == "cpu" or "gloo" in backend or "mpi" in backend
 
 
-def shard_of(student: torch.Tensor, group: object, rows: int, k: int, temperature: float,
+def shard_of(student: torch.Tensor, group: ProcessGroup, rows: int, k: int, temperature: float,
              has_target: bool) -> Shard:
     """This rank's ``Shard``, after one small all-gather that checks that every rank passes
     the same row count, k, temperature and target presence, and that 2 <= k < C. On host
@@ -103,13 +107,13 @@ def shard_of(student: torch.Tensor, group: object, rows: int, k: int, temperatur
         torch._assert_async(num_classes > k, "ldrld_loss: k must satisfy k < C")
         return Shard(group, widths[:rank].sum(), local, num_classes)
     for column, name in _AGREED:
-        values = table[:, column].tolist()
-        if len(set(values)) > 1:
+        ranks_values = table[:, column].tolist()
+        if len(set(ranks_values)) > 1:
             raise ValueError(f"ldrld_loss: the ranks of process_group disagree on the {name}: "
-                             f"{values} (rank by rank)")
-    widths = [int(width) for width in table[:, 1].tolist()]
-    check_k(k, sum(widths))
-    return Shard(group, sum(widths[:rank]), local, sum(widths))
+                             f"{ranks_values} (rank by rank)")
+    host_widths = [int(width) for width in table[:, 1].tolist()]
+    check_k(k, sum(host_widths))
+    return Shard(group, sum(host_widths[:rank]), local, sum(host_widths))
 
 
 def global_top_k(key: torch.Tensor, student: torch.Tensor, teacher: torch.Tensor, k: int,

@@ -147,9 +147,9 @@ def ldrld_rows(
 
     # Remaining classes: the row with the selected ones set to -inf (u and v are our copies).
     rows_to_normalize = [u.scatter_(1, top, -math.inf), v.scatter_(1, top, -math.inf)]
-    if target is not None:
+    if s_all is not None:  # (a target)
         rows_to_normalize.append(s_all)
-    log_q_rest, log_p_rest, *log_softmax_s = _log_softmax(rows_to_normalize, shard)
+    log_q_rest, log_p_rest, *log_softmax_target = _log_softmax(rows_to_normalize, shard)
     p_rest = log_p_rest.exp()
     # Classes of zero teacher probability (masked, or -inf padding) contribute exactly 0.
     log_ratio_rest = torch.where(log_p_rest == -math.inf, 0.0, log_p_rest - log_q_rest)
@@ -160,7 +160,7 @@ def ldrld_rows(
         ce = torch.zeros(rows, dtype=dtype, device=device)
     else:
         counted = target != config.ignore_index
-        log_softmax_s = log_softmax_s[0]
+        log_softmax_s = log_softmax_target[0]
         safe_target = torch.where(counted, target, 0)[:, None]
         if shard is not None:  # the target's column here, or the extra one
             safe_target = _local_columns(safe_target, shard)
@@ -195,8 +195,10 @@ def ldrld_rows(
         if counted is not None:
             grad += ce_scale * log_softmax_s.exp_()  # softmax(s); the log is used up
             grad.scatter_add_(1, safe_target, -ce_scale * torch.ones_like(ce[:, None]))
+        assert grad_top_s is not None  # (local_term computes what is asked for)
         student_grad = finish(grad, grad_top_s, student)
     if need_teacher_grad:
         grad = rest_scale * p_rest * (log_ratio_rest - kl_rest[:, None])
+        assert grad_top_t is not None
         teacher_grad = finish(grad, grad_top_t, teacher)
     return row_loss, parts, student_grad, teacher_grad

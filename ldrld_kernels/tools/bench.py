@@ -26,10 +26,12 @@ import warnings
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import cast
 
 import torch
 
-from ldrld_kernels import __version__, backends, config, reference
+# (reference: installed from reference/ by setuptools' package-dir, which mypy cannot see)
+from ldrld_kernels import __version__, backends, config, reference  # type: ignore[attr-defined]
 from ldrld_kernels.api import ldrld_loss
 
 
@@ -98,7 +100,8 @@ class Report:
     results: list[Result] = field(default_factory=list)
 
 
-def make_inputs(shape: Shape, dtype: torch.dtype, device: torch.device, seed: int = 0):
+def make_inputs(shape: Shape, dtype: torch.dtype, device: torch.device, seed: int = 0,
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
     student = torch.randn(shape.rows, shape.classes, generator=generator) * 3
     teacher = torch.randn(shape.rows, shape.classes, generator=generator) * 3
@@ -116,7 +119,7 @@ def loss_function(backend: str):
         return reference.ldrld_loss
     if backend == "torch.compile":
         return _compiled_torch_path()
-    return functools.partial(ldrld_loss, backend=backend)
+    return functools.partial(ldrld_loss, backend=cast(config.Backend, backend))  # (checked there)
 
 
 def training_step(loss_fn, student, teacher, target, k):
@@ -134,7 +137,7 @@ def time_ms(fn, device: torch.device, budget_s: float) -> float:
         return triton.testing.do_bench(fn, warmup=25, rep=max(100, int(budget_s * 1000)),
                                        return_mode="median")
     fn()
-    times = []
+    times: list[float] = []
     deadline = time.perf_counter() + budget_s
     while len(times) < 3 or (time.perf_counter() < deadline and len(times) < 100):
         start = time.perf_counter()
@@ -152,7 +155,8 @@ def copy_bandwidth_gbps(device: torch.device, budget_s: float) -> float:
     return 2 * nbytes / (ms * 1e-3) / 1e9
 
 
-def peak_memory_bytes(backend: str, shape: Shape, device: torch.device, inputs) -> int | None:
+def peak_memory_bytes(backend: str, shape: Shape, device: torch.device,
+                      inputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> int | None:
     """Peak memory of one step beyond its inputs (``step_peak_memory_bytes``)."""
     return step_peak_memory_bytes(
         functools.partial(training_step, loss_function(backend), *inputs, shape.k), device)
@@ -241,9 +245,10 @@ def card_name(device: torch.device) -> str:
     return f"CPU {platform.processor() or platform.machine()} x{os.cpu_count()}"
 
 
-def versions() -> dict:
-    found = {"python": platform.python_version(), "torch": torch.__version__,
-             "ldrld_kernels": __version__}
+def versions() -> dict[str, str | None]:
+    found: dict[str, str | None] = {
+        "python": platform.python_version(), "torch": torch.__version__,
+        "ldrld_kernels": __version__}
     try:
         import triton
 
@@ -277,7 +282,7 @@ def run_bench(shapes, dtype_names, backends, device: torch.device, quick: bool,
     for shape in shapes:
         for dtype_name in dtype_names:
             dtype = DTYPES[dtype_name]
-            inputs = None
+            inputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
             cases = []
             for backend in backends:
                 result = Result(shape.name, shape.rows, shape.classes, shape.k, dtype_name,
@@ -301,6 +306,7 @@ def run_bench(shapes, dtype_names, backends, device: torch.device, quick: bool,
                     result.status = reason
                     result.median_ms = None
                 else:
+                    assert result.median_ms is not None  # (measured: no reason to skip)
                     nbytes = compulsory_bytes(shape.rows, shape.classes, dtype, dtype)
                     result.gbps = nbytes / (result.median_ms * 1e-3) / 1e9
                     result.copy_fraction = result.gbps / report.copy_gbps
@@ -319,10 +325,10 @@ def _add_speedups(cases: list[Result]) -> None:
     for case in cases:
         if case.median_ms is None:
             continue
-        if by_backend.get("reference"):
-            case.speedup_vs_reference = by_backend["reference"] / case.median_ms
-        if by_backend.get("torch.compile"):
-            case.speedup_vs_compile = by_backend["torch.compile"] / case.median_ms
+        if reference_ms := by_backend.get("reference"):
+            case.speedup_vs_reference = reference_ms / case.median_ms
+        if compile_ms := by_backend.get("torch.compile"):
+            case.speedup_vs_compile = compile_ms / case.median_ms
 
 
 COLUMNS = ("shape", "rows x C", "dtype", "backend", "ms", "GB/s", "% copy", "x ref",

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 
-from ldrld_kernels import reference
+# (installed from reference/ by setuptools' package-dir, which mypy cannot see)
+from ldrld_kernels import reference  # type: ignore[attr-defined]
 from ldrld_kernels.api import ldrld_loss
+from ldrld_kernels.config import Backend
 
 
 @dataclass(frozen=True)
@@ -103,7 +106,9 @@ def compare_with_reference(
     student64 = student_logits.detach().to(torch.float64).requires_grad_(True)
     teacher64 = teacher_logits.detach().to(torch.float64).requires_grad_(teacher_grad)
 
-    loss = ldrld_loss(student, teacher, target, backend=backend, **loss_kwargs)
+    # (a tensor: no return_parts; the backend's name is checked by ldrld_loss)
+    loss = cast(torch.Tensor, ldrld_loss(student, teacher, target,
+                                         backend=cast(Backend, backend), **loss_kwargs))
     expected = reference.ldrld_loss(student64, teacher64, target, **loss_kwargs)
     upstream = torch.randn(expected.shape, dtype=torch.float64, generator=generator)
     upstream = upstream.to(expected.device)

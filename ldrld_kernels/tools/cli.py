@@ -111,7 +111,7 @@ def _parse_linear_shape(text: str) -> tuple[int, int, int]:
 
 def run_fused_linear(args: argparse.Namespace) -> int:
     device = args.device
-    shape = args.fused_linear or bench.FUSED_LINEAR_SHAPES[
+    shape: tuple[int, int, int] = args.fused_linear or bench.FUSED_LINEAR_SHAPES[
         "cuda" if device.type == "cuda" else "cpu"]
     # (bfloat16 as a model runs on a GPU; float32 on CPU, where bfloat16 matmuls are slow)
     dtypes = args.dtypes_given or ["bfloat16" if device.type == "cuda" else "float32"]

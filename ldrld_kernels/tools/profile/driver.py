@@ -9,6 +9,7 @@ import os
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -23,10 +24,10 @@ SM_TARGET = 90
 class Launch:
     """One kernel launch of a call, compiled for sm_90 and not run."""
 
-    kernel: object  # the JITFunction
+    kernel: Any  # the JITFunction (triton has no type information)
     grid: tuple[int, ...]
     args: dict  # argument name -> value, constexprs included (tensors as given)
-    compiled: object  # triton.compiler.CompiledKernel
+    compiled: Any  # triton.compiler.CompiledKernel
 
     @property
     def name(self) -> str:

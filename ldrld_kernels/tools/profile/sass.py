@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
+from typing import Any, cast
 
 _INSTRUCTION = re.compile(
     r"^\s*/\*(?P<address>[0-9a-f]+)\*/\s+(?P<predicate>@!?U?P[0-9T]+\s+)?"
@@ -83,7 +84,7 @@ class KernelSource:
     line text: by the file's name and the line range of a function of that name's file (the
     line numbers are part of Triton's cache key, the path is not)."""
 
-    def __init__(self, kernels: Sequence[object] = ()):
+    def __init__(self, kernels: Sequence[Any] = ()):  # JITFunctions
         from triton.runtime.jit import JITFunction
 
         functions, seen, todo = [], set(), list(kernels)
@@ -138,7 +139,10 @@ def disassemble(cubin: bytes, source: KernelSource | None = None
     source_of = source or KernelSource()
     instructions: list[Instruction] = []
     labels: dict[str, int] = {}
-    where, tag, context, chain = None, None, (), False
+    where: tuple[str, int] | None = None
+    tag: tuple[str, str] | None = None
+    context: tuple[tuple[str, int], ...] = ()
+    chain = False
     for line in text.splitlines():
         if match := SOURCE.search(line):
             if not chain:  # the innermost line of a new location
@@ -186,7 +190,8 @@ def _successors(index: int, instructions: list[Instruction], labels: dict[str, i
         # a kernel's warps reach their reductions converged
         return following
     if op == "BRA":
-        return [labels[instruction.target]] + (following if instruction.predicated else [])
+        return [labels[cast(str, instruction.target)]] + (following if instruction.predicated
+                                                         else [])
     if op in ("EXIT", "RET", "KILL"):
         return following if instruction.predicated else []
     return following
@@ -222,7 +227,7 @@ def execution_counts(instructions: list[Instruction], labels: dict[str, int],
     for index in sorted(reachable):
         instruction = instructions[index]
         if instruction.opcode.split(".")[0] == "BRA":
-            target = labels[instruction.target]
+            target = labels[cast(str, instruction.target)]  # (a branch names its label)
             if target < index:
                 spans[target] = max(spans.get(target, index), index)
     regions: dict[int, Region] = {}
@@ -239,7 +244,8 @@ def execution_counts(instructions: list[Instruction], labels: dict[str, int],
         tag = instruction.tag
         if tag is None or tag[0] != "runs":
             continue
-        last = labels[instruction.target] - 1 if op == "BRA" else len(instructions) - 1
+        last = labels[cast(str, instruction.target)] - 1 if op == "BRA" \
+            else len(instructions) - 1
         if last > index:
             regions.setdefault(index + 1, Region(
                 "block", index + 1, last, instruction.source,
@@ -261,7 +267,7 @@ _LOOP_CONTROL = {"BRA", "ISETP", "UISETP", "VIADD", "IADD3", "UIADD3", "IMAD", "
 
 
 def _loop_source(first: int, last: int, spans: dict[int, int], instructions: list[Instruction]
-                 ) -> tuple[tuple[str, int], tuple[tuple[str, int], ...], str]:
+                 ) -> tuple[tuple[str, int] | None, tuple[tuple[str, int], ...], str]:
     """The tagged ``for`` line of the loop ``first..last``, where it was inlined, and its trip
     count expression: the line of its backward branch when that carries a ``# trips:`` tag,
     else the one tagged line among the loop's own instructions (outside the loops nested in
@@ -272,10 +278,11 @@ def _loop_source(first: int, last: int, spans: dict[int, int], instructions: lis
         return branch.source, branch.context, branch.tag[1]
     nested = [(a, b) for a, b in spans.items() if first <= a and b <= last and (a, b) != (first,
                                                                                           last)]
-    tagged = sorted({(instructions[i].source, instructions[i].context, instructions[i].tag[1])
-                     for i in range(first, last + 1)
-                     if not any(a <= i <= b for a, b in nested)
-                     and instructions[i].tag is not None and instructions[i].tag[0] == "trips"})
+    own = [instructions[i] for i in range(first, last + 1)
+           if not any(a <= i <= b for a, b in nested)]
+    tagged = sorted({(instruction.source, instruction.context, instruction.tag[1])
+                     for instruction in own
+                     if instruction.tag is not None and instruction.tag[0] == "trips"})
     if len(tagged) != 1:
         raise ValueError(
             f"loop at SASS {instructions[first].address:#x}-{instructions[last].address:#x} "
