@@ -964,18 +964,10 @@ def _ldrld_rows_kernel(
     """Whole rows, ROWS per program: steps 1 to 3, the row losses and their gradients."""
     rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
     row = _rows(rows, n_rows, strides, ROWS, VEC, ROW_ALIGN, SHIFTED)
-    _, row_ok, _, shift, s_row, t_row = row
     span = _whole_span(C, LANES * VEC, VEC, SHIFTED)
-    by_teacher: tl.constexpr = FLAGS.RANK_BY_TEACHER
-    key = (tensors.teacher if by_teacher else tensors.student,
-           (t_row if by_teacher else s_row)[:, None, None], shift[:, None, None], C,
-           strides.t_col if by_teacher else strides.s_col)
-    win_g, theta_v, theta_g = _select(key, span, row_ok, settings.k, ROWS, LANES, VEC, KPL,
-                                      K_PAD, FLAGS, VECTOR, SHIFTED,
-                                      T_PACKED if by_teacher else S_PACKED, True)
-    c2 = LOG2E / settings.temperature  # x c2 is x / T in base 2
-    sums = _statistics(_stats_inputs(tensors, strides, C, row, c2, theta_v, theta_g), span,
-                       ROWS, LANES, VEC, KPL, FLAGS, VECTOR, SHIFTED, S_PACKED, T_PACKED)
+    win_g, c2, sums = _select_and_sum(tensors, strides, C, settings, row, span, ROWS, LANES,
+                                      VEC, KPL, K_PAD, FLAGS, VECTOR, SHIFTED, S_PACKED,
+                                      T_PACKED, True)
     per_row, own = _row_values(tensors, strides, C, settings, row, c2, sums, win_g, ROWS, VEC,
                                K_PAD, FLAGS, VECTOR)
     if FLAGS.STUDENT_GRAD or FLAGS.TEACHER_GRAD:
@@ -986,15 +978,30 @@ def _ldrld_rows_kernel(
 
 
 @triton.jit
-def _stats_inputs(tensors, strides, C, row, c2, theta_v, theta_g):
-    """``_stats_step``'s inputs: the statistics of the classes outside the groups ranked at or
-    above the k-th winner (theta_v, theta_g)."""
-    _, _, _, shift, s_row, t_row = row
+def _select_and_sum(tensors, strides, C, settings, row, span, ROWS: tl.constexpr,
+                    LANES: tl.constexpr, VEC: tl.constexpr, KPL: tl.constexpr,
+                    K_PAD: tl.constexpr, FLAGS: tl.constexpr, VECTOR: tl.constexpr,
+                    SHIFTED: tl.constexpr, S_PACKED: tl.constexpr, T_PACKED: tl.constexpr,
+                    WHOLE: tl.constexpr):
+    """Steps 1 and 2 over the chunks of ``span``: the k best groups by the ranking logits
+    (``_select``), log2(e) / T, and the sums of the classes outside those groups
+    (``_statistics``)."""
+    _, row_ok, _, shift, s_row, t_row = row
+    by_teacher: tl.constexpr = FLAGS.RANK_BY_TEACHER
+    key = (tensors.teacher if by_teacher else tensors.student,
+           (t_row if by_teacher else s_row)[:, None, None], shift[:, None, None], C,
+           strides.t_col if by_teacher else strides.s_col)
+    win_g, theta_v, theta_g = _select(key, span, row_ok, settings.k, ROWS, LANES, VEC, KPL,
+                                      K_PAD, FLAGS, VECTOR, SHIFTED,
+                                      T_PACKED if by_teacher else S_PACKED, WHOLE)
+    c2 = LOG2E / settings.temperature  # x c2 is x / T in base 2
     # fewer than k groups with a finite key leave the threshold at (-inf, NO_GROUP): the
     # groups of key -inf are then not winners (none is in win_g), so none may rank at it
-    return (tensors.student, tensors.teacher, s_row[:, None, None], t_row[:, None, None],
-            shift[:, None, None], C, strides.s_col, strides.t_col, c2, theta_v[:, None],
-            tl.where(theta_g == NO_GROUP, -1, theta_g)[:, None])
+    inputs = (tensors.student, tensors.teacher, s_row[:, None, None], t_row[:, None, None],
+              shift[:, None, None], C, strides.s_col, strides.t_col, c2, theta_v[:, None],
+              tl.where(theta_g == NO_GROUP, -1, theta_g)[:, None])
+    return win_g, c2, _statistics(inputs, span, ROWS, LANES, VEC, KPL, FLAGS, VECTOR, SHIFTED,
+                                  S_PACKED, T_PACKED)
 
 
 @triton.jit(do_not_specialize=["row0"])  # one variant for every wave
@@ -1015,19 +1022,11 @@ def _ldrld_split_stats_kernel(
     records, row_record = _workspace(work_ptr, tl.program_id(0).to(tl.int64), splits, ROWS,
                                      K_PAD)
     row = _rows(rows, n_rows, strides, ROWS, VEC, ROW_ALIGN, SHIFTED)
-    _, row_ok, _, shift, s_row, t_row = row
     split = tl.program_id(1)
     span = _split_span(split, split_chunks, C, LANES * VEC, VEC, SHIFTED)
-    by_teacher: tl.constexpr = FLAGS.RANK_BY_TEACHER
-    key = (tensors.teacher if by_teacher else tensors.student,
-           (t_row if by_teacher else s_row)[:, None, None], shift[:, None, None], C,
-           strides.t_col if by_teacher else strides.s_col)
-    win_g, theta_v, theta_g = _select(key, span, row_ok, settings.k, ROWS, LANES, VEC, KPL,
-                                      K_PAD, FLAGS, VECTOR, SHIFTED,
-                                      T_PACKED if by_teacher else S_PACKED, False)
-    c2 = LOG2E / settings.temperature
-    sums = _statistics(_stats_inputs(tensors, strides, C, row, c2, theta_v, theta_g), span,
-                       ROWS, LANES, VEC, KPL, FLAGS, VECTOR, SHIFTED, S_PACKED, T_PACKED)
+    win_g, c2, sums = _select_and_sum(tensors, strides, C, settings, row, span, ROWS, LANES,
+                                      VEC, KPL, K_PAD, FLAGS, VECTOR, SHIFTED, S_PACKED,
+                                      T_PACKED, False)
     _store_split_record(records + split * (STATS + K_PAD), sums, win_g, K_PAD)
     if MERGE:
         # every thread's stores are issued, then one release-acquire ticket per program
