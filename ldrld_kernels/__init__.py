@@ -12,11 +12,12 @@ from pathlib import Path
 from ldrld_kernels.adw import adw_weights
 from ldrld_kernels.api import LDRLDLoss, LDRLDOutput, ldrld_loss
 from ldrld_kernels.fused_linear import LDRLDFusedLinearLoss, ldrld_fused_linear_loss
+from ldrld_kernels.sparse import SparseTeacher
 
 __version__ = "0.1.0"
 
-__all__ = ["LDRLDFusedLinearLoss", "LDRLDLoss", "LDRLDOutput", "__version__", "adw_weights",
-           "ldrld_fused_linear_loss", "ldrld_loss"]
+__all__ = ["LDRLDFusedLinearLoss", "LDRLDLoss", "LDRLDOutput", "SparseTeacher", "__version__",
+           "adw_weights", "ldrld_fused_linear_loss", "ldrld_loss"]
 
 
 class _CheckoutReference(importlib.abc.MetaPathFinder):

@@ -13,10 +13,11 @@ from typing import NamedTuple
 
 import torch
 
-from ldrld_kernels.backends import resolve_backend, rows_function
+from ldrld_kernels.backends import resolve_backend, rows_function, teacher_dtype
 from ldrld_kernels.config import Backend, CallOptions, LossConfig, RankBy, Reduction
 from ldrld_kernels.pytorch import parallel
-from ldrld_kernels.validation import check_target_values, validate
+from ldrld_kernels.sparse import SparseTeacher
+from ldrld_kernels.validation import check_sparse_values, check_target_values, validate
 
 
 class LDRLDOutput(NamedTuple):
@@ -42,11 +43,12 @@ class _LDRLDFunction(torch.autograd.Function):
                 grad_enabled):
         # (needs_input_grad says True under torch.no_grad() too: the caller's grad mode)
         need_s, need_t = (grad_enabled and need for need in ctx.needs_input_grad[:2])
-        row_loss, parts, grad_s, grad_t = rows_function(backend, shard)(
-            student, teacher, target, config, need_s, need_t, mean_scale)
+        rows_fn = rows_function(backend, shard, sparse=isinstance(teacher, SparseTeacher))
+        row_loss, parts, grad_s, grad_t = rows_fn(student, teacher, target, config, need_s,
+                                                  need_t, mean_scale)
         loss, parts = _reduce(row_loss, parts, reduction, mean_scale)
         ctx.save_for_backward(grad_s, grad_t)
-        ctx.dtypes = (student.dtype, teacher.dtype)
+        ctx.dtypes = (student.dtype, teacher_dtype(teacher))
         ctx.backend, ctx.per_row = backend, reduction == "none"
         ctx.backward_done = False
         ctx.mark_non_differentiable(parts)
@@ -114,7 +116,7 @@ def _reduce(row_loss: torch.Tensor, parts: torch.Tensor, reduction: str,
 
 def ldrld_loss(
     student_logits: torch.Tensor,
-    teacher_logits: torch.Tensor,
+    teacher_logits: torch.Tensor | SparseTeacher,
     target: torch.Tensor | None = None,
     *,
     k: int = 7,
@@ -193,7 +195,7 @@ class _Call(NamedTuple):
     mean_scale: torch.Tensor | None  # "mean": 1 / the counted rows, on the device
 
 
-def prepare(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+def prepare(student_logits: torch.Tensor, teacher_logits: torch.Tensor | SparseTeacher,
             target: torch.Tensor | None, config: LossConfig, options: CallOptions) -> _Call:
     """Validate a call on ``(..., C)`` logits (or stand-ins of their shape, dtype and device),
     agree with the other ranks of ``options.process_group``, choose the backend, and the
@@ -208,15 +210,17 @@ def prepare(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
         shard = parallel.shard_of(student_logits, process_group, rows, config.k,
                                   config.temperature, target is not None)
     backend = resolve_backend(options.backend, student_logits, teacher_logits)
+    num_classes = student_logits.shape[-1] if shard is None else shard.num_classes
     flat_target = None
     if target is not None:
         flat_target = target.reshape(-1)
-        check_target_values(flat_target, student_logits.shape[-1] if shard is None
-                            else shard.num_classes, config.ignore_index)
+        check_target_values(flat_target, num_classes, config.ignore_index)
+    if isinstance(teacher_logits, SparseTeacher):
+        check_sparse_values(teacher_logits.ids, teacher_logits.logprobs, num_classes)
     mean_scale = None
     if options.reduction == "mean":
-        dtype = torch.float64 if torch.float64 in (student_logits.dtype, teacher_logits.dtype) \
-            else torch.float32
+        dtypes = (student_logits.dtype, teacher_dtype(teacher_logits))
+        dtype = torch.float64 if torch.float64 in dtypes else torch.float32
         mean_scale = _mean_scale(flat_target, rows, config.ignore_index, dtype,
                                  student_logits.device)
     return _Call(backend, shard, flat_target, mean_scale)
@@ -239,8 +243,14 @@ def _loss(student_logits, teacher_logits, target, config: LossConfig,
     call = prepare(student_logits, teacher_logits, target, config, options)
     lead, num_classes = student_logits.shape[:-1], student_logits.shape[-1]
     # (the row count spelled out: a rank's slice of the classes may be empty)
-    student_2d = student_logits.reshape(math.prod(lead), num_classes)
-    teacher_2d = teacher_logits.reshape(math.prod(lead), num_classes)
+    rows = math.prod(lead)
+    student_2d = student_logits.reshape(rows, num_classes)
+    if isinstance(teacher_logits, SparseTeacher):
+        listed = teacher_logits.ids.shape[-1]
+        teacher_2d: torch.Tensor | SparseTeacher = SparseTeacher(
+            teacher_logits.ids.reshape(rows, listed), teacher_logits.logprobs.reshape(rows, listed))
+    else:
+        teacher_2d = teacher_logits.reshape(rows, num_classes)
     loss, parts = _LDRLDFunction.apply(student_2d, teacher_2d, call.target, config,
                                        call.backend, options.reduction, call.mean_scale,
                                        call.shard, torch.is_grad_enabled())
@@ -282,7 +292,7 @@ class LDRLDLoss(torch.nn.Module):
     def forward(
         self,
         student_logits: torch.Tensor,
-        teacher_logits: torch.Tensor,
+        teacher_logits: torch.Tensor | SparseTeacher,
         target: torch.Tensor | None = None,
     ) -> torch.Tensor | LDRLDOutput:
         return _loss(student_logits, teacher_logits, target, self.config, self.options)

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ldrld_kernels.pytorch import vectorized
+from ldrld_kernels.pytorch import sparse_rows, vectorized
+from ldrld_kernels.sparse import SparseTeacher
 
 
 def _triton_rows(student, teacher, target, config, need_student_grad, need_teacher_grad,
@@ -41,6 +42,26 @@ def _triton_sharded_rows(student, teacher, target, config, need_student_grad, ne
 
     return sharded.ldrld_rows(student, teacher, target, config, need_student_grad,
                               need_teacher_grad, grad_scale, shard)
+
+
+def _triton_sparse_rows(student, teacher, target, config, need_student_grad, need_teacher_grad,
+                        grad_scale=None):
+    """``kernels.launcher.ldrld_sparse_rows`` through the custom op
+    ``ops.ldrld_sparse_rows``: the teacher's gradient is None (it is data)."""
+    from ldrld_kernels.kernels import ops
+
+    row_loss, parts, grad_s = ops.ldrld_sparse_rows(
+        student, teacher.ids, teacher.logprobs, target, grad_scale, *config.values(),
+        need_student_grad)
+    return row_loss, parts, grad_s if need_student_grad else None, None
+
+
+def _triton_sparse_sharded_rows(student, teacher, target, config, need_student_grad,
+                                need_teacher_grad, grad_scale, *, shard):
+    from ldrld_kernels.kernels import sharded
+
+    return sharded.ldrld_sparse_rows(student, teacher, target, config, need_student_grad,
+                                     grad_scale, shard)
 
 
 def _always(device: torch.device, dtypes: tuple[torch.dtype, ...]) -> Exception | None:
@@ -81,21 +102,33 @@ def _triton_unavailable(device: torch.device,
 class Backend:
     rows: Callable  # whole rows
     sharded_rows: Callable  # a rank's slice of the classes; takes shard=
+    sparse_rows: Callable  # the same two with a sparse teacher (a SparseTeacher of 2-D tensors)
+    sparse_sharded_rows: Callable
     # the error a call would get on these logits (device, dtypes), or None when it runs
     unavailable: Callable[[torch.device, tuple[torch.dtype, ...]], Exception | None]
 
 
 BACKENDS: dict[str, Backend] = {
-    "torch": Backend(vectorized.ldrld_rows, vectorized.ldrld_rows, _always),
-    "triton": Backend(_triton_rows, _triton_sharded_rows, _triton_unavailable),
+    "torch": Backend(vectorized.ldrld_rows, vectorized.ldrld_rows, sparse_rows.ldrld_sparse_rows,
+                     sparse_rows.ldrld_sparse_rows, _always),
+    "triton": Backend(_triton_rows, _triton_sharded_rows, _triton_sparse_rows,
+                      _triton_sparse_sharded_rows, _triton_unavailable),
 }
 
 
-def rows_function(name: str, shard=None) -> Callable:
-    """The rows function of backend ``name``, on a rank's slice with a ``shard``."""
+def rows_function(name: str, shard=None, sparse: bool = False) -> Callable:
+    """The rows function of backend ``name``, on a rank's slice with a ``shard``, with a
+    sparse teacher when ``sparse``."""
     backend = BACKENDS[name]
-    return backend.rows if shard is None else functools.partial(backend.sharded_rows,
-                                                                 shard=shard)
+    if shard is None:
+        return backend.sparse_rows if sparse else backend.rows
+    return functools.partial(backend.sparse_sharded_rows if sparse else backend.sharded_rows,
+                             shard=shard)
+
+
+def teacher_dtype(teacher: torch.Tensor | SparseTeacher) -> torch.dtype:
+    """The dtype of the teacher's values: its logits, or a sparse teacher's log-probabilities."""
+    return teacher.logprobs.dtype if isinstance(teacher, SparseTeacher) else teacher.dtype
 
 
 def available(device: torch.device) -> list[str]:
@@ -104,11 +137,12 @@ def available(device: torch.device) -> list[str]:
             if backend.unavailable(device, (torch.float32,)) is None]
 
 
-def resolve_backend(backend: str, student: torch.Tensor, teacher: torch.Tensor) -> str:
+def resolve_backend(backend: str, student: torch.Tensor,
+                    teacher: torch.Tensor | SparseTeacher) -> str:
     """The backend that runs: ``"auto"`` picks Triton for CUDA tensors where it runs (not on
     a ROCm build, nor for float64), else PyTorch; a named one that cannot run these logits
     here raises its reason."""
-    device, dtypes = student.device, (student.dtype, teacher.dtype)
+    device, dtypes = student.device, (student.dtype, teacher_dtype(teacher))
     if backend == "auto":
         usable = device.type == "cuda" and BACKENDS["triton"].unavailable(device, dtypes) is None
         return "triton" if usable else "torch"

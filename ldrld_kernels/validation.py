@@ -7,6 +7,8 @@ import numbers
 
 import torch
 
+from ldrld_kernels.sparse import SparseTeacher
+
 # The largest k: the kernels hold the k x k pair tile of a row in registers (K_PAD^2 = 4,096
 # values per row at 64) and the selection takes k rounds; the paper uses k = 7.
 MAX_K = 64
@@ -58,9 +60,15 @@ def validate(
     (with ``vocab_slice`` the logits hold a slice of each row, vocabulary parallel, and
     ``parallel.shard_of`` checks k against the whole row).
 
-    Target values are checked separately (``check_target_values``): that reads the data.
+    ``teacher_logits`` may be a ``SparseTeacher`` (its tensors are checked here, their values
+    by ``check_sparse_values``). Target values are checked separately
+    (``check_target_values``): that reads the data.
     """
     student = _check_logits("student_logits", student_logits)
+    if isinstance(teacher_logits, SparseTeacher):
+        _check_sparse_teacher(teacher_logits, student, k, vocab_slice)
+        _check_target(target, student)
+        return
     teacher = _check_logits("teacher_logits", teacher_logits)
     if student.shape != teacher.shape:
         raise ValueError(
@@ -74,6 +82,10 @@ def validate(
         )
     if not vocab_slice:
         check_k(k, student.shape[-1])
+    _check_target(target, student)
+
+
+def _check_target(target: object, student: torch.Tensor) -> None:
     if target is None:
         return
     if not isinstance(target, torch.Tensor):
@@ -121,3 +133,79 @@ def check_target_values(target: torch.Tensor, num_classes: int | torch.Tensor,
             )
     else:
         torch._assert_async(~bad.any(), "ldrld_loss: target value outside [0, C)")
+
+
+def _check_sparse_teacher(teacher: SparseTeacher, student: torch.Tensor, k: int,
+                          vocab_slice: bool) -> None:
+    ids, logprobs = teacher
+    if not isinstance(ids, torch.Tensor) or ids.dtype != torch.int64:
+        raise TypeError("ldrld_loss: teacher.ids (SparseTeacher) must be an int64 tensor, got "
+                        + (f"dtype={ids.dtype}" if isinstance(ids, torch.Tensor)
+                           else type(ids).__name__))
+    if not isinstance(logprobs, torch.Tensor) or logprobs.dtype not in LOGIT_DTYPES:
+        raise TypeError("ldrld_loss: teacher.logprobs (SparseTeacher) must be a float32, "
+                        "float16, bfloat16 or float64 tensor, got "
+                        + (f"dtype={logprobs.dtype}" if isinstance(logprobs, torch.Tensor)
+                           else type(logprobs).__name__))
+    if logprobs.requires_grad:
+        raise TypeError("ldrld_loss: teacher.logprobs (SparseTeacher) must not require grad: "
+                        "a sparse teacher is data (pass logprobs.detach())")
+    if ids.shape != logprobs.shape:
+        raise ValueError("ldrld_loss: teacher.ids and teacher.logprobs (SparseTeacher) must "
+                         f"have the same shape, got {tuple(ids.shape)} and "
+                         f"{tuple(logprobs.shape)}")
+    if ids.dim() < 1 or ids.shape[:-1] != student.shape[:-1]:
+        raise ValueError("ldrld_loss: teacher.ids (SparseTeacher) must have shape (..., K) with "
+                         f"the student's leading shape {tuple(student.shape[:-1])}, got "
+                         f"{tuple(ids.shape)}")
+    if ids.device != student.device or logprobs.device != student.device:
+        raise ValueError("ldrld_loss: teacher.ids and teacher.logprobs (SparseTeacher) must be "
+                         f"on the student's device {student.device}, got {ids.device} and "
+                         f"{logprobs.device}")
+    listed = ids.shape[-1]
+    if listed < k:
+        raise ValueError(f"ldrld_loss: a SparseTeacher must list at least k classes per row, got "
+                         f"K={listed} with k={k}")
+    if not vocab_slice:
+        check_k(k, student.shape[-1])
+        if listed > student.shape[-1]:
+            raise ValueError(f"ldrld_loss: a SparseTeacher lists at most C classes per row, got "
+                             f"K={listed} with C={student.shape[-1]}")
+
+
+# How far the listed probabilities may sum past 1: rounding of K log-probabilities of a
+# normalized distribution in their dtype (about eps times the entropy, at most log K), with
+# float32's summation error on top
+def _mass_tolerance(dtype: torch.dtype, listed: int) -> float:
+    return torch.finfo(dtype).eps * (1.0 + math.log(max(listed, 1))) + 1e-6
+
+
+def check_sparse_values(ids: torch.Tensor, logprobs: torch.Tensor,
+                        num_classes: int | torch.Tensor) -> None:
+    """A sparse teacher's data: ids in [0, C), distinct within a row, and listed probabilities
+    summing to at most 1 (within rounding). On CPU a ``ValueError`` naming the first bad row;
+    on an accelerator (and inside ``torch.compile``) asynchronous assertions, without a host
+    synchronisation (the error surfaces at a later sync), as for targets."""
+    flat_ids = ids.reshape(-1, ids.shape[-1])
+    out_of_range = ((flat_ids < 0) | (flat_ids >= num_classes)).any(dim=-1)
+    ordered = flat_ids.sort(dim=-1).values
+    repeated = (ordered[:, 1:] == ordered[:, :-1]).any(dim=-1)
+    tolerance = _mass_tolerance(logprobs.dtype, ids.shape[-1])
+    mass = logprobs.reshape(flat_ids.shape).to(torch.float64).exp().sum(dim=-1)
+    too_much = mass > 1.0 + tolerance
+    if ids.device.type == "cpu" and not torch.compiler.is_compiling():
+        mass_rule = (f"probabilities must sum to at most 1 (+{tolerance:.1e}): exp(logprobs) "
+                     "of a normalized distribution")
+        for bad, what in ((out_of_range, f"ids must lie in [0, {num_classes})"),
+                          (repeated, "ids must be distinct within a row"),
+                          (too_much, mass_rule)):
+            if bool(bad.any()):
+                row = int(bad.nonzero()[0, 0])
+                raise ValueError(f"ldrld_loss: SparseTeacher: {what}; row {row} has ids "
+                                 f"{flat_ids[row].tolist()[:8]}..., probability sum "
+                                 f"{float(mass[row]):.6g}")
+    else:
+        torch._assert_async(~out_of_range.any(), "ldrld_loss: SparseTeacher id outside [0, C)")
+        torch._assert_async(~repeated.any(), "ldrld_loss: SparseTeacher ids repeat in a row")
+        torch._assert_async(~too_much.any(),
+                            "ldrld_loss: SparseTeacher probabilities sum past 1")

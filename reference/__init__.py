@@ -8,6 +8,10 @@ the classes outside the group masked out. That makes it slow and memory-hungry o
 it is also the "released-code style" baseline of the benchmarks. Gradients come from
 autograd. Run it in float64 for exact answers.
 
+A teacher saved offline as its top-K (``ldrld_kernels.SparseTeacher``) is completed to a
+dense row by ``densify``, the maximum-entropy completion: the missing mass spread uniformly
+over the unlisted classes; the loss is then ``ldrld_loss`` against the dense row.
+
 Plain PyTorch only; it checks nothing that the public API validates. Import it as
 ``from ldrld_kernels import reference``; ``reference.ldrld_loss`` takes the arguments of
 ``ldrld_kernels.ldrld_loss`` except ``backend``.
@@ -121,3 +125,18 @@ def ldrld_loss(
         return loss
     return ReferenceOutput(loss, reduce(ce).detach(), reduce(local).detach(),
                            reduce(rntk).detach())
+
+
+def densify(ids: torch.Tensor, logprobs: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """The teacher's full log-probabilities at temperature 1, ``(..., num_classes)`` float64,
+    from its top-K ``ids`` and ``logprobs`` ``(..., K)``: listed classes keep their own; the
+    missing mass m = 1 - sum(exp(logprobs)), at least float32's smallest normal number, is
+    spread uniformly over the C - K unlisted classes, each log(m / (C - K)). Log-probabilities
+    are logits of the same distribution, so this is a teacher row for ``ldrld_loss``."""
+    logprobs = logprobs.to(torch.float64)
+    listed = logprobs.shape[-1]
+    mass = (1.0 - logprobs.exp().sum(dim=-1, keepdim=True)).clamp_min(
+        torch.finfo(torch.float32).tiny)
+    tail = torch.log(mass / max(num_classes - listed, 1))
+    dense = tail.expand(*logprobs.shape[:-1], num_classes).clone()
+    return dense.scatter_(-1, ids, logprobs)

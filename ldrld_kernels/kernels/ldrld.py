@@ -109,6 +109,13 @@ class Tensors(NamedTuple):
     teacher: object
     target: object  # (rows,) int64, when HAS_TARGET
     grad_scale: object  # 0-d float32, when SCALE_GRAD
+    # a sparse teacher (SPARSE; ``teacher`` is unused): each row's K listed ids (int32) with
+    # their log-probabilities (float32), its tail log-probability (the unlisted classes',
+    # float32) and, ranked by the teacher, its top-k classes in rank order (int32, C past k)
+    ids: object  # (rows, K)
+    logprobs: object  # (rows, K)
+    tail: object  # (rows,)
+    top: object  # (rows, K_PAD)
 
 
 class Strides(NamedTuple):
@@ -121,6 +128,8 @@ class Strides(NamedTuple):
     t_col: int
     gs_row: int
     gt_row: int
+    listed_row: int  # of a sparse teacher's ids and logprobs, and of its top-k
+    top_row: int
 
 
 class Flags(NamedTuple):
@@ -132,6 +141,7 @@ class Flags(NamedTuple):
     TEACHER_GRAD: bool
     SCALE_GRAD: bool  # gradients times *grad_scale (the mean's 1 / count)
     T_POW: int  # T when it is 1, 2 or 4 (the cross-entropy from (2^a_u)^T), else 0
+    SPARSE: bool  # the teacher as its K listed classes and a tail (``sparse``), not logits
 
 
 # ---- Loading ---------------------------------------------------------------------------------
@@ -378,7 +388,9 @@ def _select(inputs, span, row_ok, k, ROWS: tl.constexpr, LANES: tl.constexpr,
             WHOLE: tl.constexpr):
     """Step 1 over the chunks of ``span`` (WHOLE rows, or a split of each): the ids of the k
     best groups by the ranking logits ``inputs`` (as ``_select_step`` takes them), in rank
-    order, [ROWS, K_PAD] (NO_GROUP past them), and the k-th (value, group), [ROWS] each."""
+    order, [ROWS, K_PAD] (NO_GROUP past them), the k-th (value, group), [ROWS] each, and
+    each thread's best key of the groups that are not winners, [ROWS, LANES] (exact when
+    FLAGS.SPARSE: then the statistics take their offsets from it)."""
     ranks = tl.arange(0, K_PAD)[None, :]
     neg = tl.full([ROWS, LANES], -float("inf"), tl.float32)
     empty = tl.full([ROWS, LANES], NO_GROUP, tl.int32)
@@ -398,8 +410,10 @@ def _select(inputs, span, row_ok, k, ROWS: tl.constexpr, LANES: tl.constexpr,
         win_g = tl.where(ranks == r, theta_g[:, None], win_g)
         win_v = tl.where(ranks == r, theta_v[:, None], win_v)
     # Exact unless a key that fell off some thread's list ranks with the k (ties count as
-    # unsure).
+    # unsure). A thread's groups that are not winners are those left on its list and those
+    # that fell off it.
     dropped = lists[2]
+    lane_max = tl.maximum(lists[0][0], dropped)
     unsure = (dropped >= theta_v[:, None]) & (dropped > -float("inf")) & row_ok[:, None]
     if tl.max(tl.max(unsure.to(tl.int32), axis=1), axis=0) > 0:  # runs: exact_selection
         # A winner above every key that fell off a list is certain, at its rank (the heads
@@ -414,7 +428,9 @@ def _select(inputs, span, row_ok, k, ROWS: tl.constexpr, LANES: tl.constexpr,
                            float("inf"))
         theta_g = tl.where(r0 > 0, tl.max(tl.where(at, win_g, -1), axis=1), -1)
         ptr, base, shift, C, stride_col = inputs
-        for r in range(r0, k):  # trips: exact_rounds
+        # (a sparse teacher's statistics: one round more, each thread's best after the k-th)
+        LANE_MAX: tl.constexpr = FLAGS.SPARSE
+        for r in range(r0, k + LANE_MAX):  # trips: exact_rounds + SPARSE
             best = (neg, empty)
             after = (ptr, base, shift, C, stride_col, theta_v, theta_g)
             if WHOLE:  # the full chunks unmasked (of an unaligned row, half the cost)
@@ -425,9 +441,11 @@ def _select(inputs, span, row_ok, k, ROWS: tl.constexpr, LANES: tl.constexpr,
                 for chunk in range(lo, hi):  # trips: all_chunks
                     best = _after_step(best, after, chunk, True, False, False, LANES, VEC, KPL,
                                        FLAGS, VECTOR)
-            theta_v, theta_g = _best_group(best[0], best[1])
-            win_g = tl.where(ranks == r, theta_g[:, None], win_g)
-    return win_g, theta_v, theta_g
+            if r < k:
+                theta_v, theta_g = _best_group(best[0], best[1])
+                win_g = tl.where(ranks == r, theta_g[:, None], win_g)
+            lane_max = best[0]
+    return win_g, theta_v, theta_g, lane_max
 
 
 @triton.jit
@@ -546,6 +564,54 @@ def _stats_step(sums, inputs, chunk, MASKED: tl.constexpr, S_PACKED: tl.constexp
 
 
 @triton.jit
+def _sparse_stats_step(sums, inputs, chunk, MASKED: tl.constexpr, S_PACKED: tl.constexpr,
+                       T_PACKED: tl.constexpr, LANES: tl.constexpr, VEC: tl.constexpr,
+                       KPL: tl.constexpr, FLAGS: tl.constexpr, VECTOR: tl.constexpr):
+    """``_stats_step`` against a sparse teacher: the student's sums only, and in w's place the
+    sum of its logits over the same classes, every one taken as unlisted (the listed ones are
+    corrected per row, ``_sparse_teacher_sums``); off_v and z_v stay unused. ``inputs``:
+    (student_ptr, s_base, shift, C, stride_s_col, c2, theta_v, theta_g, win_g, and the first
+    offsets of u and s); the winners are the groups ranked at or above (theta_v, theta_g) by
+    the student, whose selection gave each thread's best key outside them, and so offsets
+    that stay; or, ranked by the teacher, the groups of its top-k, ``win_g``, and offsets
+    moved as the stream goes."""
+    student_ptr, s_base, shift, C, stride_s_col, c2, theta_v, theta_g, win_g, _, _ = inputs
+    off_u, off_v, off_s, z_u, z_v, sum_s, z_s = sums
+    s = _load_chunk(student_ptr, s_base, chunk, shift, C, stride_s_col, LANES, VEC, MASKED,
+                    S_PACKED, VECTOR)
+    gm_s = tl.max(s, axis=2)
+    group = chunk * LANES + tl.arange(0, LANES)[None, :]
+    if FLAGS.RANK_BY_TEACHER:
+        winner = tl.max((group[:, :, None] == win_g[:, None, :]).to(tl.int32), axis=2) > 0
+        gm_s = tl.where(winner, -float("inf"), gm_s)
+        off_u, scale_u = _rescale(off_u, gm_s * c2)
+        z_u *= scale_u
+    else:
+        winner = _ranks_at_or_above(gm_s, group, theta_v, theta_g)
+    e_u = tl.exp2(tl.fma(s, c2, -off_u[:, :, None]))
+    z_u += tl.where(winner, 0.0, tl.sum(e_u, axis=2))
+    if MASKED:  # (positions outside the rows read -inf, and are no classes)
+        pos = _positions(chunk, LANES, VEC)
+        group_s = tl.sum(tl.where((pos >= shift) & (pos < C + shift), s, 0.0), axis=2)
+    else:
+        group_s = tl.sum(s, axis=2)
+    sum_s = sum_s + tl.where(winner, 0.0, group_s)
+    if FLAGS.HAS_TARGET:
+        if FLAGS.T_POW == 0:
+            if FLAGS.RANK_BY_TEACHER:
+                off_s, scale_s = _rescale(off_s, gm_s * LOG2E)
+                z_s *= scale_s
+            e_s = tl.exp2(tl.fma(s, LOG2E, -off_s[:, :, None]))
+        else:
+            if FLAGS.RANK_BY_TEACHER:
+                off_s = off_u * FLAGS.T_POW
+                z_s *= _int_power(scale_u, FLAGS.T_POW)
+            e_s = _int_power(e_u, FLAGS.T_POW)
+        z_s += tl.where(winner, 0.0, tl.sum(e_s, axis=2))
+    return off_u, off_v, off_s, z_u, z_v, sum_s, z_s
+
+
+@triton.jit
 def _combine(offset, total):
     """Per row, the threads' (whole-number offset, sum 2^(x - offset)) as one."""
     m = tl.max(offset, axis=1)
@@ -553,15 +619,18 @@ def _combine(offset, total):
 
 
 @triton.jit
-def _row_sums(sums):
+def _row_sums(sums, SPARSE: tl.constexpr):
     """Per row, the [ROWS, N] parts' (threads' or splits') sums (off_u, off_v, off_s, z_u,
     z_v, w, z_s) as one: (m_u, z_u, m_v, z_v, w, m_s, z_s). Sums are kept as (whole-number
     base-2 offset m, z = sum 2^(x c2 - m)): folding m and log2 z into one float would cost
-    1e-3 per exponent at logits of 1e4."""
+    1e-3 per exponent at logits of 1e4. (SPARSE: w is a plain sum of logits.)"""
     off_u, off_v, off_s, z_u, z_v, w, z_s = sums
     m_u, z_u_row = _combine(off_u, z_u)
     m_v, z_v_row = _combine(off_v, z_v)
-    w = tl.sum(_move_w(w, z_v, off_u, off_v, m_u[:, None], m_v[:, None]), axis=1)
+    if SPARSE:
+        w = tl.sum(w, axis=1)
+    else:
+        w = tl.sum(_move_w(w, z_v, off_u, off_v, m_u[:, None], m_v[:, None]), axis=1)
     m_s, z_s_row = _combine(off_s, z_s)
     return m_u, z_u_row, m_v, z_v_row, w, m_s, z_s_row
 
@@ -574,9 +643,14 @@ def _statistics(inputs, span, ROWS: tl.constexpr, LANES: tl.constexpr, VEC: tl.c
     groups, (m_u, z_u, m_v, z_v, w, m_s, z_s), [ROWS] each; ``inputs`` as ``_stats_step``'s."""
     off = tl.full([ROWS, LANES], -1e30, tl.float32)
     zero = tl.zeros([ROWS, LANES], tl.float32)
-    sums = _stream(_stats_step, (off, off, off, zero, zero, zero, zero), inputs, span, LANES,
-                   VEC, KPL, FLAGS, VECTOR, SHIFTED, S_PACKED, T_PACKED)
-    return _row_sums(sums)
+    if FLAGS.SPARSE:  # (its first offsets: the inputs' last two)
+        sums = _stream(_sparse_stats_step, (inputs[9], off, inputs[10], zero, zero, zero, zero),
+                       inputs, span, LANES, VEC, KPL, FLAGS, VECTOR, SHIFTED, S_PACKED,
+                       T_PACKED)
+    else:
+        sums = _stream(_stats_step, (off, off, off, zero, zero, zero, zero), inputs, span,
+                       LANES, VEC, KPL, FLAGS, VECTOR, SHIFTED, S_PACKED, T_PACKED)
+    return _row_sums(sums, FLAGS.SPARSE)
 
 
 @triton.jit
@@ -593,16 +667,26 @@ def _merge_classes(m, z, x, c2):
 @triton.jit
 def _grad_values(s, t, c2, per_row, FLAGS: tl.constexpr):
     """The remaining-class gradient formulas (see the module docstring) at logits s, t, with
-    the row's (counted, m_u, m_v, m_s, w_q, w_p, w_ce, t_shift) ``per_row``."""
+    the row's (counted, m_u, m_v, m_s, w_q, w_p, w_ce, t_shift) ``per_row``. Against a sparse
+    teacher (``t`` unused) every class is taken as unlisted, whose p times beta T is the
+    row's constant ``t_shift`` holds then; the listed ones are written again afterwards."""
     _, m_u, m_v, m_s, w_q, w_p, w_ce, t_shift = per_row
     a_u = tl.fma(s, c2, -m_u)
-    a_v = tl.fma(t, c2, -m_v)
-    e_u = tl.exp2(a_u)
-    e_v = tl.exp2(a_v)
+    if FLAGS.SPARSE:
+        e_u = tl.exp2(a_u)
+        a_v = a_u
+        e_v = e_u
+    else:  # (in this order: the dense sweep's code as it was profiled)
+        a_v = tl.fma(t, c2, -m_v)
+        e_u = tl.exp2(a_u)
+        e_v = tl.exp2(a_v)
     g_s = tl.zeros_like(s)
     g_t = tl.zeros_like(t)
     if FLAGS.STUDENT_GRAD:
-        g_s = e_u * w_q - e_v * w_p
+        if FLAGS.SPARSE:
+            g_s = e_u * w_q - t_shift
+        else:
+            g_s = e_u * w_q - e_v * w_p
         if FLAGS.HAS_TARGET:
             if FLAGS.T_POW == 0:
                 g_s += w_ce * tl.exp2(tl.fma(s, LOG2E, -m_s))
@@ -645,8 +729,11 @@ def _grad_step(nothing, inputs, chunk, MASKED: tl.constexpr, S_PACKED: tl.conste
      C, stride_s_col, stride_t_col, row_ok, c2, per_row) = inputs
     s = _load_chunk(student_ptr, s_base, chunk, shift, C, stride_s_col, LANES, VEC, MASKED,
                     S_PACKED, VECTOR)
-    t = _load_chunk(teacher_ptr, t_base, chunk, shift, C, stride_t_col, LANES, VEC, MASKED,
-                    T_PACKED, VECTOR)
+    if FLAGS.SPARSE:
+        t = s
+    else:
+        t = _load_chunk(teacher_ptr, t_base, chunk, shift, C, stride_t_col, LANES, VEC, MASKED,
+                        T_PACKED, VECTOR)
     g_s, g_t = _grad_values(s, t, c2, per_row, FLAGS)
     pos = _positions(chunk, LANES, VEC)
     if MASKED:
@@ -682,8 +769,11 @@ def _grad_boundary(inputs, shift, first_here, last_here, VEC: tl.constexpr,
                        last_here[:, None])
     s = _load_groups(student_ptr, s_base, groups, partial, shift[:, None, None], C, 1, VEC,
                      True)
-    t = _load_groups(teacher_ptr, t_base, groups, partial, shift[:, None, None], C, 1, VEC,
-                     True)
+    if FLAGS.SPARSE:
+        t = s
+    else:
+        t = _load_groups(teacher_ptr, t_base, groups, partial, shift[:, None, None], C, 1, VEC,
+                         True)
     g_s, g_t = _grad_values(s, t, c2, per_row, FLAGS)
     pos = groups[:, :, None] * VEC + tl.arange(0, VEC)[None, None, :]
     shift3 = shift[:, None, None]
@@ -692,19 +782,130 @@ def _grad_boundary(inputs, shift, first_here, last_here, VEC: tl.constexpr,
                  FLAGS)
 
 
+# ---- A sparse teacher ------------------------------------------------------------------------
+# Its row is K listed classes (ids in increasing order, their log-probabilities) and one tail
+# log-probability for the C - K others (``sparse``). The passes stream the student alone and
+# take every class as unlisted; the listed ones are corrected per row, K at a time.
+
+
+@triton.jit
+def _listed_block(tensors, strides, row, start, K, KB: tl.constexpr):
+    """Listed classes start .. start + KB of each row: (valid, ids, logprobs, positions),
+    [ROWS, KB] each."""
+    _, _, rows_in, shift, _, _ = row
+    j = start + tl.arange(0, KB)[None, :]
+    ok = j < K
+    offset = (rows_in * strides.listed_row)[:, None] + j
+    ids = tl.load(tensors.ids + offset, mask=ok, other=0)
+    logprobs = tl.load(tensors.logprobs + offset, mask=ok, other=-float("inf")).to(tl.float32)
+    return ok, ids, logprobs, ids + shift[:, None]
+
+
+@triton.jit
+def _sparse_teacher_sums(tensors, strides, row, c2, m_u, sum_rest, tail, top_c, y, K,
+                         KB: tl.constexpr):
+    """One pass over a sparse teacher's listed classes, KB at a time (the student at them
+    from L1/L2), for the teacher's side of the remaining classes R as the dense statistics
+    keep it: (m_v, z_v, w), z_v = sum_R 2^a_v and w = sum_R 2^a_v (a_v - a_u), against the
+    whole-number offsets m_v and (the student's, final) m_u. The n unlisted classes of R, all
+    at the tail, in closed form: sum_R (a_tail - a_u) over them is n a_tail - (c2 s_unl - n
+    m_u) with s_unl, the sum of the student's logits over them, ``sum_rest`` (over R) less
+    the listed ones'. Also the teacher at the top-k classes ``top_c`` (C for none) and at the
+    target ``y``: (value, listed), the tail where not listed."""
+    _, _, _, _, s_row, _ = row
+    m_v = tl.full(m_u.shape, -1e30, tl.float32)
+    z_v = tl.zeros_like(m_u)
+    w = tl.zeros_like(m_u)
+    top_t = tl.full(top_c.shape, -float("inf"), tl.float32)
+    top_listed = tl.zeros(top_c.shape, tl.int1)
+    t_y = tl.full(m_u.shape, -float("inf"), tl.float32)
+    y_listed = tl.zeros(m_u.shape, tl.int1)
+    for start in range(0, K, KB):  # trips: cdiv(K, KB)
+        ok, ids, logprobs, pos = _listed_block(tensors, strides, row, start, K, KB)
+        is_top = (ids[:, :, None] == top_c[:, None, :]) & ok[:, :, None]
+        top_t = tl.maximum(top_t, tl.max(tl.where(is_top, logprobs[:, :, None],
+                                                  -float("inf")), axis=1))
+        top_listed = top_listed | (tl.max(is_top.to(tl.int32), axis=1) > 0)
+        is_y = ok & (ids == y[:, None])
+        t_y = tl.maximum(t_y, tl.max(tl.where(is_y, logprobs, -float("inf")), axis=1))
+        y_listed = y_listed | (tl.max(is_y.to(tl.int32), axis=1) > 0)
+        rest = ok & (tl.max(is_top.to(tl.int32), axis=2) == 0)
+        s_i = _load(tensors.student, s_row[:, None], pos, rest, strides.s_col)
+        sum_rest -= tl.sum(tl.where(rest, s_i, 0.0), axis=1)
+        x = tl.where(rest, logprobs, -float("inf"))
+        new, factor = _rescale(m_v, tl.max(x, axis=1) * c2)
+        w = _move_w(w, z_v, m_u, m_v, m_u, new)
+        a_v = tl.fma(x, c2, -new[:, None])
+        e_v = tl.exp2(a_v)
+        z_v = z_v * factor + tl.sum(e_v, axis=1)
+        w += tl.sum(tl.where(e_v > 0, e_v * (a_v - tl.fma(s_i, c2, -m_u[:, None])), 0.0), axis=1)
+        m_v = new
+    return m_v, z_v, w, sum_rest, tl.where(top_listed, top_t, tail[:, None]), top_listed, \
+        tl.where(y_listed, t_y, tail), y_listed
+
+
+@triton.jit
+def _sparse_tail(m_v, z_v, w, m_u, c2, tail, unlisted, sum_unlisted):
+    """(m_v, z_v, w) with the ``unlisted`` classes of R added, each at the ``tail``, whose
+    student logits sum to ``sum_unlisted``: 2^a_tail each and sum (a_tail - a_u) =
+    n a_tail - (c2 sum_unlisted - n m_u)."""
+    has = unlisted > 0
+    n = unlisted.to(tl.float32)
+    new, factor = _rescale(m_v, tl.where(has, tail * c2, -float("inf")))
+    w = _move_w(w, z_v, m_u, m_v, m_u, new)
+    z_v *= factor
+    a_tail = tl.fma(tail, c2, -new)
+    e_tail = tl.exp2(a_tail)
+    z_v += tl.where(has, n * e_tail, 0.0)
+    w += tl.where(has, e_tail * (n * a_tail - tl.fma(sum_unlisted, c2, -n * m_u)), 0.0)
+    return new, z_v, w
+
+
+@triton.jit
+def _store_listed(tensors, strides, settings, row, gs_row, per_row, own, lo_pos, hi_pos, K,
+                  FLAGS: tl.constexpr, KB: tl.constexpr):
+    """After the sweep, which wrote every class as unlisted: the listed classes outside the
+    top-k with positions in [lo_pos, hi_pos) get their own gradients (the target's one-hot
+    too, when it is one of them), in rows that count."""
+    _, row_ok, _, _, s_row, _ = row
+    counted, m_u, m_v, m_s, w_q, w_p, w_ce, _ = per_row
+    top_c, _, _, y_p, _, _ = own
+    c2 = LOG2E / settings.temperature
+    if FLAGS.HAS_TARGET:
+        scale = _grad_scale(tensors.grad_scale, FLAGS.SCALE_GRAD)
+        ce_w = settings.ce_weight * scale
+        # ce_w / z_s (w_ce carries 2^(T m_u - m_s) when T_POW is set: whole numbers, exact)
+        ce_z = w_ce if FLAGS.T_POW == 0 else w_ce * tl.exp2(m_s - FLAGS.T_POW * m_u)
+    for start in range(0, K, KB):  # trips: cdiv(K, KB)
+        ok, ids, logprobs, pos = _listed_block(tensors, strides, row, start, K, KB)
+        top = tl.max((ids[:, :, None] == top_c[:, None, :]).to(tl.int32), axis=2) > 0
+        write = ok & ~top & (counted & row_ok)[:, None] & (pos >= lo_pos) & (pos < hi_pos)
+        s_i = _load(tensors.student, s_row[:, None], pos, write, strides.s_col)
+        g = w_q[:, None] * tl.exp2(tl.fma(s_i, c2, -m_u[:, None])) - \
+            w_p[:, None] * tl.exp2(tl.fma(logprobs, c2, -m_v[:, None]))
+        if FLAGS.HAS_TARGET:
+            g += ce_z[:, None] * tl.exp2(tl.fma(s_i, LOG2E, -m_s[:, None])) - \
+                tl.where(pos == y_p[:, None], ce_w, 0.0)
+        tl.store(tensors.grad_s + gs_row[:, None] + pos,
+                 g.to(tensors.grad_s.dtype.element_ty), mask=write)
+
+
 # ---- Per row ---------------------------------------------------------------------------------
 
 
 @triton.jit
-def _row_values(tensors, strides, C, settings, row, c2, sums, win_g, ROWS: tl.constexpr,
+def _row_values(tensors, strides, C, K, settings, row, c2, sums, win_g, ROWS: tl.constexpr,
                 VEC: tl.constexpr, K_PAD: tl.constexpr, FLAGS: tl.constexpr,
-                VECTOR: tl.constexpr):
+                VECTOR: tl.constexpr, KB: tl.constexpr):
     """From the row's ``sums`` (``_row_sums``) of the classes outside its winning groups
     ``win_g`` ([ROWS, N] group ids, NO_GROUP for none): the exact top-k, the row's loss and
     parts (stored), and what the gradients need: ``per_row`` = (counted, m_u, m_v, m_s, w_q,
     w_p, w_ce, t_shift) for the sweep, and ``own`` = (the top-k classes (C past k), their
     student and teacher gradients, the target's position, whether it needs its own value
-    (not selected) and that value), the classes written after the sweep."""
+    (not selected) and that value), the classes written after the sweep. A sparse teacher's
+    (K listed classes) values at those classes are looked up; its side of the remaining
+    classes comes from ``_sparse_teacher_sums``, and ``t_shift`` holds beta T p of an
+    unlisted class instead (it has no gradient of its own)."""
     rows, row_ok, rows_in, shift, s_row, t_row = row
     m_u, z_u, m_v, z_v, w, m_s, z_s = sums
     k = settings.k
@@ -718,28 +919,56 @@ def _row_values(tensors, strides, C, settings, row, c2, sums, win_g, ROWS: tl.co
     gathered_ok = win_ok[:, :, None] & (gathered_p >= shift3) & (gathered_p < C + shift3)
     gs = _load_groups(tensors.student, s_row[:, None, None], win_g, win_ok, shift3, C,
                       strides.s_col, VEC, VECTOR)
-    gt = _load_groups(tensors.teacher, t_row[:, None, None], win_g, win_ok, shift3, C,
-                      strides.t_col, VEC, VECTOR)
-    top_c, available = _top_classes(gt if FLAGS.RANK_BY_TEACHER else gs, gathered_p - shift3,
-                                    gathered_ok, k, C, K_PAD)
+    if FLAGS.SPARSE:
+        tail = tl.load(tensors.tail + rows_in)
+        if FLAGS.RANK_BY_TEACHER:  # (known: the gathered classes but those are the others)
+            top_c = _teacher_top(tensors, strides, rows_in, K_PAD)
+            selected = (gathered_p - shift3)[:, :, :, None] == top_c[:, None, None, :]
+            available = gathered_ok & (tl.max(selected.to(tl.int32), axis=3) == 0)
+        else:
+            top_c, available = _top_classes(gs, gathered_p - shift3, gathered_ok, k, C, K_PAD)
+    else:
+        gt = _load_groups(tensors.teacher, t_row[:, None, None], win_g, win_ok, shift3, C,
+                          strides.t_col, VEC, VECTOR)
+        top_c, available = _top_classes(gt if FLAGS.RANK_BY_TEACHER else gs,
+                                        gathered_p - shift3, gathered_ok, k, C, K_PAD)
     N: tl.constexpr = win_g.shape[1] * VEC
     gs = tl.reshape(gs, [ROWS, N])
     left = tl.reshape(available, [ROWS, N])
     extra_u = tl.where(left, gs, -float("inf"))
-    extra_v = tl.where(left, tl.reshape(gt, [ROWS, N]), -float("inf"))
-    m_u2, z_u = _merge_classes(m_u, z_u, extra_u, c2)
-    m_v2, z_v_all = _merge_classes(m_v, z_v, extra_v, c2)
-    w = _move_w(w, z_v, m_u, m_v, m_u2, m_v2)
-    m_u, m_v, z_v = m_u2, m_v2, z_v_all
-    a_u = tl.fma(extra_u, c2, -m_u[:, None])
-    a_v = tl.fma(extra_v, c2, -m_v[:, None])
-    w += tl.sum(tl.exp2(a_v) * tl.maximum(a_v - a_u, -3.0e38), axis=1)
+    if FLAGS.SPARSE:
+        m_u, z_u = _merge_classes(m_u, z_u, extra_u, c2)
+    else:
+        extra_v = tl.where(left, tl.reshape(gt, [ROWS, N]), -float("inf"))
+        m_u2, z_u = _merge_classes(m_u, z_u, extra_u, c2)
+        m_v2, z_v_all = _merge_classes(m_v, z_v, extra_v, c2)
+        w = _move_w(w, z_v, m_u, m_v, m_u2, m_v2)
+        m_u, m_v, z_v = m_u2, m_v2, z_v_all
+        a_u = tl.fma(extra_u, c2, -m_u[:, None])
+        a_v = tl.fma(extra_v, c2, -m_v[:, None])
+        w += tl.sum(tl.exp2(a_v) * tl.maximum(a_v - a_u, -3.0e38), axis=1)
     in_top = (ranks < k) & (top_c < C)
     top_p = top_c + shift[:, None]
     top_s = tl.where(in_top, _load(tensors.student, s_row[:, None], top_p, in_top,
                                    strides.s_col), 0.0)
-    top_t = tl.where(in_top, _load(tensors.teacher, t_row[:, None], top_p, in_top,
-                                   strides.t_col), 0.0)
+    if FLAGS.SPARSE:
+        if FLAGS.HAS_TARGET:
+            y_class = tl.load(tensors.target + rows_in)
+        else:
+            y_class = tl.full([ROWS], -1, tl.int64)
+        # the student's logits over R: the streamed ones' sum (in w's place) and the gathered
+        # groups' unselected classes
+        sum_rest = w + tl.sum(tl.where(left, gs, 0.0), axis=1)
+        m_v, z_v, w, sum_unlisted, top_t, top_listed, t_y, y_listed = _sparse_teacher_sums(
+            tensors, strides, row, c2, m_u, sum_rest, tail, tl.where(in_top, top_c, C), y_class,
+            K, KB)
+        # the unlisted classes of R: C - K less the unlisted ones selected
+        unlisted = (C - K) - tl.sum((in_top & ~top_listed).to(tl.int32), axis=1)
+        m_v, z_v, w = _sparse_tail(m_v, z_v, w, m_u, c2, tail, unlisted, sum_unlisted)
+        top_t = tl.where(in_top, top_t, 0.0)
+    else:
+        top_t = tl.where(in_top, _load(tensors.teacher, t_row[:, None], top_p, in_top,
+                                       strides.t_col), 0.0)
 
     lz_u = _log2(z_u)
     lz_v = _log2(z_v)
@@ -785,7 +1014,10 @@ def _row_values(tensors, strides, C, settings, row, c2, sums, win_g, ROWS: tl.co
             w_ce = ce_w * tl.exp2(FLAGS.T_POW * m_u - m_s) / z_s  # whole numbers: exact
     else:
         m_s = tl.zeros([ROWS], tl.float32)
-    t_shift = LN2 * (lz_u - lz_v) - kl_rest
+    if FLAGS.SPARSE:
+        t_shift = w_p * tl.exp2(tl.fma(tail, c2, -m_v))  # beta T p of an unlisted class
+    else:
+        t_shift = LN2 * (lz_u - lz_v) - kl_rest
     keep = counted[:, None]
     g_top_s = tl.zeros([ROWS, K_PAD], tl.float32)
     y_rest = tl.zeros([ROWS], tl.int1)
@@ -795,9 +1027,13 @@ def _row_values(tensors, strides, C, settings, row, c2, sums, win_g, ROWS: tl.co
         if FLAGS.HAS_TARGET:
             g_top_s += (ce_w / z_s)[:, None] * tl.exp2(tl.fma(top_s, LOG2E, -m_s[:, None])) - \
                 tl.where(top_c == y[:, None], ce_w, 0.0)
-            # the target, when it is not among the selected classes
+            # the target, when it is not among the selected classes (nor, against a sparse
+            # teacher, listed: ``_store_listed`` writes it then)
             y_rest = counted & (tl.max((top_c == y[:, None]).to(tl.int32), axis=1) == 0)
-            t_y = tl.load(tensors.teacher + t_row + y_p * strides.t_col).to(tl.float32)
+            if FLAGS.SPARSE:
+                y_rest = y_rest & ~y_listed
+            else:
+                t_y = tl.load(tensors.teacher + t_row + y_p * strides.t_col).to(tl.float32)
             g_y = w_q * tl.exp2(tl.fma(s_y, c2, -m_u)) - w_p * tl.exp2(tl.fma(t_y, c2, -m_v)) + \
                 (ce_w / z_s) * tl.exp2(tl.fma(s_y, LOG2E, -m_s)) - ce_w
         g_top_s = tl.where(keep, g_top_s, 0.0)
@@ -807,14 +1043,14 @@ def _row_values(tensors, strides, C, settings, row, c2, sums, win_g, ROWS: tl.co
 
 
 @triton.jit
-def _write_gradients(tensors, strides, C, settings, row, span, per_row, own, first_here,
+def _write_gradients(tensors, strides, C, K, settings, row, span, per_row, own, first_here,
                      last_here, ROWS: tl.constexpr, LANES: tl.constexpr, VEC: tl.constexpr,
                      K_PAD: tl.constexpr, FLAGS: tl.constexpr, ROW_ALIGN: tl.constexpr,
                      SHIFTED: tl.constexpr, VECTOR: tl.constexpr, S_PACKED: tl.constexpr,
-                     T_PACKED: tl.constexpr, WHOLE: tl.constexpr):
+                     T_PACKED: tl.constexpr, WHOLE: tl.constexpr, KB: tl.constexpr):
     """Step 3 over the chunks of ``span``: every class by the remaining-class formula, then
     (after a block barrier) the selected classes and the target that lie in the span their
-    own values ``own`` (``_row_values``)."""
+    own values ``own`` (``_row_values``), and a sparse teacher's listed classes theirs."""
     _, row_ok, rows_in, shift, s_row, t_row = row
     if SHIFTED:
         gs_row = tl.multiple_of(rows_in * strides.gs_row - shift, VEC)
@@ -855,6 +1091,13 @@ def _write_gradients(tensors, strides, C, settings, row, span, per_row, own, fir
     if FLAGS.TEACHER_GRAD:
         tl.store(tensors.grad_t + gt_row[:, None] + top_p,
                  g_top_t.to(tensors.grad_t.dtype.element_ty), mask=in_top)
+    if FLAGS.SPARSE and FLAGS.STUDENT_GRAD:
+        if WHOLE:
+            _store_listed(tensors, strides, settings, row, gs_row, per_row, own, 0, C + VEC, K,
+                          FLAGS, KB)
+        else:
+            _store_listed(tensors, strides, settings, row, gs_row, per_row, own,
+                          lo * BLOCK, hi * BLOCK, K, FLAGS, KB)
 
 
 # ---- Wide rows' records ----------------------------------------------------------------------
@@ -922,9 +1165,10 @@ def _load_row_record(row_record, K_PAD: tl.constexpr):
 
 
 @triton.jit
-def _merge_splits(tensors, strides, C, settings, row, c2, records, row_record, splits,
+def _merge_splits(tensors, strides, C, K, settings, row, c2, records, row_record, splits,
                   ROWS: tl.constexpr, VEC: tl.constexpr, K_PAD: tl.constexpr,
-                  FLAGS: tl.constexpr, VECTOR: tl.constexpr, S_PAD: tl.constexpr):
+                  FLAGS: tl.constexpr, VECTOR: tl.constexpr, S_PAD: tl.constexpr,
+                  KB: tl.constexpr):
     """A wide row's values from its splits' records (``_row_values``), stored in its row
     record for the gradient launch. Loads go through L2 (``.cg``): the records come from
     programs on other SMs."""
@@ -938,14 +1182,14 @@ def _merge_splits(tensors, strides, C, settings, row, c2, records, row_record, s
         tl.load(parts + SPLIT_Z_U, mask=has, other=0.0, cache_modifier=".cg"),
         tl.load(parts + SPLIT_Z_V, mask=has, other=0.0, cache_modifier=".cg"),
         tl.load(parts + SPLIT_W, mask=has, other=0.0, cache_modifier=".cg"),
-        tl.load(parts + SPLIT_Z_S, mask=has, other=0.0, cache_modifier=".cg")))
+        tl.load(parts + SPLIT_Z_S, mask=has, other=0.0, cache_modifier=".cg")), FLAGS.SPARSE)
     slot = tl.arange(0, S_PAD * K_PAD)[None, :]
     has = slot // K_PAD < splits
     cells = records[:, None] + (slot // K_PAD) * SPLIT_RECORD + STATS + slot % K_PAD
     win_g = tl.where(has, tl.load(cells, mask=has, other=0.0, cache_modifier=".cg")
                      .to(tl.int32, bitcast=True), NO_GROUP)
-    per_row, own = _row_values(tensors, strides, C, settings, row, c2, sums, win_g, ROWS, VEC,
-                               K_PAD, FLAGS, VECTOR)
+    per_row, own = _row_values(tensors, strides, C, K, settings, row, c2, sums, win_g, ROWS,
+                               VEC, K_PAD, FLAGS, VECTOR, KB)
     _store_row_record(row_record, per_row, own, K_PAD)
 
 
@@ -955,11 +1199,13 @@ def _merge_splits(tensors, strides, C, settings, row, c2, records, row_record, s
 @triton.jit
 def _ldrld_rows_kernel(
     tensors, strides, n_rows, C, settings,  # Tensors, Strides, sizes, config.LossNumbers
+    K,  # a sparse teacher's listed classes per row
     FLAGS: tl.constexpr,  # Flags
     # layout (policy.FusedLaunch) and memory access (the launcher's alignment checks)
     ROWS: tl.constexpr, LANES: tl.constexpr, VEC: tl.constexpr, KPL: tl.constexpr,
     K_PAD: tl.constexpr, ROW_ALIGN: tl.constexpr, SHIFTED: tl.constexpr, VECTOR: tl.constexpr,
     S_PACKED: tl.constexpr, T_PACKED: tl.constexpr,
+    KB: tl.constexpr,  # a sparse teacher's listed classes, KB at a time
 ):
     """Whole rows, ROWS per program: steps 1 to 3, the row losses and their gradients."""
     rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
@@ -968,13 +1214,31 @@ def _ldrld_rows_kernel(
     win_g, c2, sums = _select_and_sum(tensors, strides, C, settings, row, span, ROWS, LANES,
                                       VEC, KPL, K_PAD, FLAGS, VECTOR, SHIFTED, S_PACKED,
                                       T_PACKED, True)
-    per_row, own = _row_values(tensors, strides, C, settings, row, c2, sums, win_g, ROWS, VEC,
-                               K_PAD, FLAGS, VECTOR)
+    per_row, own = _row_values(tensors, strides, C, K, settings, row, c2, sums, win_g, ROWS,
+                               VEC, K_PAD, FLAGS, VECTOR, KB)
     if FLAGS.STUDENT_GRAD or FLAGS.TEACHER_GRAD:
         everywhere = tl.full([ROWS], 1, tl.int1)
-        _write_gradients(tensors, strides, C, settings, row, span, per_row, own, everywhere,
+        _write_gradients(tensors, strides, C, K, settings, row, span, per_row, own, everywhere,
                          everywhere, ROWS, LANES, VEC, K_PAD, FLAGS, ROW_ALIGN, SHIFTED,
-                         VECTOR, S_PACKED, T_PACKED, True)
+                         VECTOR, S_PACKED, T_PACKED, True, KB)
+
+
+@triton.jit
+def _teacher_top(tensors, strides, rows_in, K_PAD: tl.constexpr):
+    """A sparse teacher's top-k classes, ranked by the teacher (``tensors.top``)."""
+    return tl.load(tensors.top + (rows_in * strides.top_row)[:, None]
+                   + tl.arange(0, K_PAD)[None, :])
+
+
+@triton.jit
+def _teacher_top_groups(tensors, strides, rows_in, shift, C, VEC: tl.constexpr,
+                        K_PAD: tl.constexpr):
+    """The groups of a sparse teacher's top-k, each once (NO_GROUP for the rest)."""
+    top_c = _teacher_top(tensors, strides, rows_in, K_PAD)
+    groups = tl.where(top_c < C, (top_c + shift[:, None]) // VEC, NO_GROUP)
+    ranks = tl.arange(0, K_PAD)
+    earlier = (groups[:, :, None] == groups[:, None, :]) & (ranks[None, :] < ranks[:, None])[None]
+    return tl.where(tl.max(earlier.to(tl.int32), axis=2) > 0, NO_GROUP, groups)
 
 
 @triton.jit
@@ -985,34 +1249,64 @@ def _select_and_sum(tensors, strides, C, settings, row, span, ROWS: tl.constexpr
                     WHOLE: tl.constexpr):
     """Steps 1 and 2 over the chunks of ``span``: the k best groups by the ranking logits
     (``_select``), log2(e) / T, and the sums of the classes outside those groups
-    (``_statistics``)."""
-    _, row_ok, _, shift, s_row, t_row = row
+    (``_statistics``). A sparse teacher's top-k is known before the kernel runs: ranked by
+    the teacher, the winning groups are its top-k's (``tensors.top``)."""
+    _, row_ok, rows_in, shift, s_row, t_row = row
     by_teacher: tl.constexpr = FLAGS.RANK_BY_TEACHER
-    key = (tensors.teacher if by_teacher else tensors.student,
-           (t_row if by_teacher else s_row)[:, None, None], shift[:, None, None], C,
-           strides.t_col if by_teacher else strides.s_col)
-    win_g, theta_v, theta_g = _select(key, span, row_ok, settings.k, ROWS, LANES, VEC, KPL,
-                                      K_PAD, FLAGS, VECTOR, SHIFTED,
-                                      T_PACKED if by_teacher else S_PACKED, WHOLE)
-    c2 = LOG2E / settings.temperature  # x c2 is x / T in base 2
-    # fewer than k groups with a finite key leave the threshold at (-inf, NO_GROUP): the
-    # groups of key -inf are then not winners (none is in win_g), so none may rank at it
-    inputs = (tensors.student, tensors.teacher, s_row[:, None, None], t_row[:, None, None],
-              shift[:, None, None], C, strides.s_col, strides.t_col, c2, theta_v[:, None],
-              tl.where(theta_g == NO_GROUP, -1, theta_g)[:, None])
+    if FLAGS.SPARSE:
+        c2 = LOG2E / settings.temperature  # x c2 is x / T in base 2
+        if by_teacher:
+            win_g = _teacher_top_groups(tensors, strides, rows_in, shift, C, VEC, K_PAD)
+            if not WHOLE:  # a split's own: each group in one split's record
+                lo, hi, _, _, _ = span
+                win_g = tl.where((win_g >= lo * LANES) & (win_g < hi * LANES), win_g,
+                                 NO_GROUP)
+            theta_v = tl.zeros([ROWS], tl.float32)
+            theta_g = tl.zeros([ROWS], tl.int32)
+            offsets = (tl.full([ROWS, LANES], -1e30, tl.float32),) * 2  # (moved as it goes)
+        else:
+            key = (tensors.student, s_row[:, None, None], shift[:, None, None], C,
+                   strides.s_col)
+            win_g, theta_v, theta_g, lane_max = _select(key, span, row_ok, settings.k, ROWS,
+                                                        LANES, VEC, KPL, K_PAD, FLAGS, VECTOR,
+                                                        SHIFTED, S_PACKED, WHOLE)
+            # the offsets, fixed: no class outside the winners lies above its thread's best
+            off_u = tl.maximum(tl.math.ceil(lane_max * c2), -1e30)
+            if FLAGS.T_POW == 0:
+                offsets = (off_u, tl.maximum(tl.math.ceil(lane_max * LOG2E), -1e30))
+            else:  # (2^(T a_u): s log2(e) less T off_u)
+                offsets = (off_u, off_u * FLAGS.T_POW)
+        inputs = (tensors.student, s_row[:, None, None], shift[:, None, None], C,
+                  strides.s_col, c2, theta_v[:, None],
+                  tl.where(theta_g == NO_GROUP, -1, theta_g)[:, None], win_g, offsets[0],
+                  offsets[1])
+    else:
+        key = (tensors.teacher if by_teacher else tensors.student,
+               (t_row if by_teacher else s_row)[:, None, None], shift[:, None, None], C,
+               strides.t_col if by_teacher else strides.s_col)
+        win_g, theta_v, theta_g, _ = _select(key, span, row_ok, settings.k, ROWS, LANES, VEC,
+                                             KPL, K_PAD, FLAGS, VECTOR, SHIFTED,
+                                             T_PACKED if by_teacher else S_PACKED, WHOLE)
+        c2 = LOG2E / settings.temperature
+        # fewer than k groups with a finite key leave the threshold at (-inf, NO_GROUP):
+        # the groups of key -inf are then not winners (none is in win_g), so none may rank
+        # at it
+        inputs = (tensors.student, tensors.teacher, s_row[:, None, None], t_row[:, None, None],
+                  shift[:, None, None], C, strides.s_col, strides.t_col, c2, theta_v[:, None],
+                  tl.where(theta_g == NO_GROUP, -1, theta_g)[:, None])
     return win_g, c2, _statistics(inputs, span, ROWS, LANES, VEC, KPL, FLAGS, VECTOR, SHIFTED,
                                   S_PACKED, T_PACKED)
 
 
 @triton.jit(do_not_specialize=["row0"])  # one variant for every wave
 def _ldrld_split_stats_kernel(
-    tensors, strides, n_rows, C, settings,  # as _ldrld_rows_kernel's
+    tensors, strides, n_rows, C, settings, K,  # as _ldrld_rows_kernel's
     # the wave's first row, splits per row, chunks per split, and the wave's workspace
     row0, splits, split_chunks, work_ptr,
     FLAGS: tl.constexpr,
     ROWS: tl.constexpr, LANES: tl.constexpr, VEC: tl.constexpr, KPL: tl.constexpr,
     K_PAD: tl.constexpr, ROW_ALIGN: tl.constexpr, SHIFTED: tl.constexpr, VECTOR: tl.constexpr,
-    S_PACKED: tl.constexpr, T_PACKED: tl.constexpr,
+    S_PACKED: tl.constexpr, T_PACKED: tl.constexpr, KB: tl.constexpr,
     S_PAD: tl.constexpr,  # splits, to a power of two
     MERGE: tl.constexpr,  # the last split of a row to finish merges the row's records
 ):
@@ -1034,19 +1328,19 @@ def _ldrld_split_stats_kernel(
         ticket_ptr = (row_record + TICKET).to(tl.pointer_type(tl.int32))
         ticket = tl.max(tl.atomic_add(ticket_ptr, 1, sem="acq_rel"), axis=0)
         if ticket == splits - 1:  # runs: 1 / splits
-            _merge_splits(tensors, strides, C, settings, row, c2, records, row_record, splits,
-                          ROWS, VEC, K_PAD, FLAGS, VECTOR, S_PAD)
+            _merge_splits(tensors, strides, C, K, settings, row, c2, records, row_record,
+                          splits, ROWS, VEC, K_PAD, FLAGS, VECTOR, S_PAD, KB)
             tl.store(ticket_ptr, 0)  # ready for the next wave
 
 
 @triton.jit(do_not_specialize=["row0"])  # one variant for every wave
 def _ldrld_split_grads_kernel(
-    tensors, strides, n_rows, C, settings,  # as _ldrld_split_stats_kernel's
+    tensors, strides, n_rows, C, settings, K,  # as _ldrld_split_stats_kernel's
     row0, splits, split_chunks, work_ptr,
     FLAGS: tl.constexpr,
     ROWS: tl.constexpr, LANES: tl.constexpr, VEC: tl.constexpr, K_PAD: tl.constexpr,
     ROW_ALIGN: tl.constexpr, SHIFTED: tl.constexpr, VECTOR: tl.constexpr,
-    S_PACKED: tl.constexpr, T_PACKED: tl.constexpr,
+    S_PACKED: tl.constexpr, T_PACKED: tl.constexpr, KB: tl.constexpr,
 ):
     """Split program_id(1) of wave row program_id(0): step 3 over its chunks, from the row
     record (written by the merge, or by the caller: ``sharded``)."""
@@ -1062,6 +1356,7 @@ def _ldrld_split_grads_kernel(
     last_chunk = (C + row[3] - 1) // (LANES * VEC)  # (row[3]: the shift)
     last_here = (last_chunk >= lo) & (last_chunk < hi)
     per_row, own = _load_row_record(row_record, K_PAD)
-    _write_gradients(tensors, strides, C, settings, row, (lo, hi, full_lo, full_hi, tail_lo),
-                     per_row, own, first_here, last_here, ROWS, LANES, VEC, K_PAD, FLAGS,
-                     ROW_ALIGN, SHIFTED, VECTOR, S_PACKED, T_PACKED, False)
+    _write_gradients(tensors, strides, C, K, settings, row,
+                     (lo, hi, full_lo, full_hi, tail_lo), per_row, own, first_here, last_here,
+                     ROWS, LANES, VEC, K_PAD, FLAGS, ROW_ALIGN, SHIFTED, VECTOR, S_PACKED,
+                     T_PACKED, False, KB)

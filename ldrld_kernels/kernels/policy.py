@@ -92,9 +92,13 @@ class FusedLaunch:
 def fused_launch(num_classes: int, student_itemsize: int, teacher_itemsize: int,
                  lanes: int | None = None) -> FusedLaunch:
     """The fused kernel's configuration for rows of ``num_classes``; ``lanes`` overrides the
-    threads per row (tests use it to reach every layout at small sizes)."""
+    threads per row (tests use it to reach every layout at small sizes). A sparse teacher
+    (``teacher_itemsize`` 0) streams the student alone: twice the classes per thread, the
+    same bytes waiting in L2 for the re-reads."""
     vec = 16 // max(student_itemsize, teacher_itemsize)
     per_thread = ELEMENTS_PER_THREAD * 2 // max(student_itemsize, teacher_itemsize)
+    if not teacher_itemsize:
+        per_thread *= 2
     if lanes is None:
         # the largest power of two that gives each thread at least per_thread classes
         lanes = 1 << max(0, math.floor(math.log2(max(num_classes / per_thread, 1.0))))
@@ -128,7 +132,9 @@ def split_launch(rows: int, num_classes: int, student_itemsize: int, teacher_ite
     chunks = math.ceil((num_classes + launch.vec - 1) / (launch.lanes * launch.vec))
     if splits is None:
         programs = hardware.multiprocessors * max(1, RESIDENT_WARPS // num_warps)
-        splits = min(math.ceil(programs / wave_rows), chunks // MIN_SPLIT_CHUNKS, MAX_SPLITS)
+        # (at most one program per resident slot: a wave of programs one more than the
+        # slots takes two program times)
+        splits = min(max(1, programs // wave_rows), chunks // MIN_SPLIT_CHUNKS, MAX_SPLITS)
     # (3 candidates: with 2 the split kernels compile to more instructions, 73.0 against 70.7
     # per element at 4,096 x 131,072 in float32)
     return replace(launch, rows=1, num_warps=num_warps, wave_rows=wave_rows, candidates=3,
@@ -155,7 +161,8 @@ def hbm_bytes_per_element(rows: int, num_classes: int, student_itemsize: int,
     wave's logits, which ``split_launch`` keeps under ``L2_SHARE`` of the L2. Vocabulary
     parallel (one rank of ``ranks``, ``sharded``): the statistics phase re-reads the
     ranking input as whole rows do, and the gradient phase both inputs after the collectives,
-    so from L2 only when all the rank's rows fit in it."""
+    so from L2 only when all the rank's rows fit in it. A sparse teacher streams no teacher
+    logits: ``teacher_itemsize`` 0."""
     compulsory = (student_itemsize + teacher_itemsize + student_itemsize
                   + (teacher_itemsize if teacher_grad else 0))
     rereads = 2 * student_itemsize + teacher_itemsize  # ranked by the student (the default)

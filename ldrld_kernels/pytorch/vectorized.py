@@ -51,17 +51,36 @@ def _local_columns(classes: torch.Tensor, shard: parallel.Shard) -> torch.Tensor
     return torch.where(inside, local, shard.local_classes)
 
 
-def _log_softmax(rows: list[torch.Tensor], shard: parallel.Shard | None) -> list[torch.Tensor]:
-    """``log_softmax`` of each (rows, C) tensor over its whole row: across the ranks of the
-    shard with one all-reduce MAX and one all-reduce SUM for all of them."""
-    if shard is None:
-        return [F.log_softmax(x, dim=-1) for x in rows]
+def _maxima_and_sums(rows: list[torch.Tensor], shard: parallel.Shard
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row of each (rows, C) tensor, across the ranks of the shard: its maximum (0 for a
+    row of -inf) and its sum of exp(x - maximum), with one all-reduce MAX and one all-reduce
+    SUM for all of them; stacked, (len(rows), rows) each."""
     top = shard.all_reduce(torch.stack([x.amax(dim=-1) for x in rows]), dist.ReduceOp.MAX)
     top = torch.where(top == -math.inf, 0.0, top)  # (a row of -inf stays -inf, as locally)
     sums = shard.all_reduce(torch.stack([(x - m[:, None]).exp().sum(dim=-1)
                                          for x, m in zip(rows, top, strict=True)]),
                             dist.ReduceOp.SUM)
+    return top, sums
+
+
+def _log_softmax(rows: list[torch.Tensor], shard: parallel.Shard | None) -> list[torch.Tensor]:
+    """``log_softmax`` of each (rows, C) tensor over its whole row (across the ranks of the
+    shard)."""
+    if shard is None:
+        return [F.log_softmax(x, dim=-1) for x in rows]
+    top, sums = _maxima_and_sums(rows, shard)
     return [x - m[:, None] - z.log()[:, None] for x, m, z in zip(rows, top, sums, strict=True)]
+
+
+def log_normalizers(rows: list[torch.Tensor], shard: parallel.Shard | None
+                    ) -> list[torch.Tensor]:
+    """The log-sum-exp of each (rows, C) tensor over its whole row (across the ranks of the
+    shard), (rows,) each."""
+    if shard is None:
+        return [torch.logsumexp(x, dim=-1) for x in rows]
+    top, sums = _maxima_and_sums(rows, shard)
+    return list(top + sums.log())
 
 
 def local_term(u_top: torch.Tensor, v_top: torch.Tensor, config: LossConfig,

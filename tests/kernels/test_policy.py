@@ -43,7 +43,8 @@ def test_launch_for_splits_rows_past_max_fused():
 @pytest.mark.parametrize("rows, classes, itemsize", [(4096, 131072, 2), (4096, 131072, 4),
                                                      (2048, 262144, 2), (16, 262144, 4),
                                                      (3, 70001, 4)])
-def test_split_launch_keeps_a_wave_in_half_the_l2_and_the_gpu_busy(rows, classes, itemsize):
+def test_split_launch_keeps_a_wave_in_half_the_l2_and_one_program_per_slot(rows, classes,
+                                                                          itemsize):
     launch = policy.split_launch(rows, classes, itemsize, itemsize, HOPPER)
     row_bytes = classes * 2 * itemsize
     assert launch.rows == 1 and launch.candidates == 3
@@ -53,12 +54,14 @@ def test_split_launch_keeps_a_wave_in_half_the_l2_and_the_gpu_busy(rows, classes
     assert splits <= policy.MAX_SPLITS
     assert launch.split_chunks >= policy.MIN_SPLIT_CHUNKS
     assert (splits - 1) * launch.split_chunks < chunks <= splits * launch.split_chunks
-    # enough programs for the resident-warp floor on every SM, unless more splits would take
-    # some below MIN_SPLIT_CHUNKS chunks or past MAX_SPLITS
+    # a wave's programs fit the resident slots at the resident-warp floor (one more would
+    # take a second program time), and one split more would not, unless a row has one split
+    # or more splits would take some below MIN_SPLIT_CHUNKS chunks or past MAX_SPLITS
     programs = launch.wave_rows * splits
-    wanted = HOPPER.multiprocessors * max(1, policy.RESIDENT_WARPS // launch.num_warps)
-    assert programs >= wanted or launch.split_chunks < 2 * policy.MIN_SPLIT_CHUNKS or \
-        splits == policy.MAX_SPLITS
+    slots = HOPPER.multiprocessors * max(1, policy.RESIDENT_WARPS // launch.num_warps)
+    assert programs <= slots or splits == 1
+    assert programs + launch.wave_rows > slots or \
+        launch.split_chunks < 2 * policy.MIN_SPLIT_CHUNKS or splits == policy.MAX_SPLITS
 
 
 def test_split_launch_overrides():

@@ -159,32 +159,39 @@ def instrument_cases() -> dict:
     return out
 
 
-# (rows, C, k, dtypes, target, rank_by, gradients, sharded): every branch of the launchers
+# (rows, C, k, dtypes, target, rank_by, gradients, sharded, listed): every branch of the
+# launchers
 LDRLD_CASES = [
-    (4, 1000, 7, (torch.bfloat16, torch.bfloat16), True, "student", (True, False), False),
-    (4, 37, 2, (torch.float32, torch.bfloat16), False, "teacher", (True, True), False),
-    (2, 16384, 64, (torch.float16, torch.float16), True, "student", (False, False), False),
-    (2, 131072, 7, (torch.bfloat16, torch.bfloat16), True, "student", (True, False), False),
-    (2, 20000, 16, (torch.float32, torch.float32), False, "teacher", (True, True), False),
-    (3, 70001, 16, (torch.float32, torch.bfloat16), False, "teacher", (True, True), False),
-    (8, 3001, 7, (torch.bfloat16, torch.bfloat16), True, "student", (True, False), True),
+    (4, 1000, 7, (torch.bfloat16, torch.bfloat16), True, "student", (True, False), False, 0),
+    (4, 37, 2, (torch.float32, torch.bfloat16), False, "teacher", (True, True), False, 0),
+    (2, 16384, 64, (torch.float16, torch.float16), True, "student", (False, False), False, 0),
+    (2, 131072, 7, (torch.bfloat16, torch.bfloat16), True, "student", (True, False), False, 0),
+    (2, 20000, 16, (torch.float32, torch.float32), False, "teacher", (True, True), False, 0),
+    (3, 70001, 16, (torch.float32, torch.bfloat16), False, "teacher", (True, True), False, 0),
+    (8, 3001, 7, (torch.bfloat16, torch.bfloat16), True, "student", (True, False), True, 0),
+    # against a sparse teacher's top-K (listed > 0), ranked either way, whole rows and split
+    (4, 1000, 7, (torch.bfloat16, torch.bfloat16), True, "student", (True, False), False, 64),
+    (2, 131072, 7, (torch.float32, torch.float32), True, "teacher", (True, False), False, 100),
 ]
 
 
 def ldrld_cases() -> list:
     results = []
     for (rows, classes, k, (s_dtype, t_dtype), has_target, rank_by, grads,
-         sharded) in LDRLD_CASES:
+         sharded, listed) in LDRLD_CASES:
         student = torch.empty(rows, classes, dtype=s_dtype)
         teacher = torch.empty(rows, classes, dtype=t_dtype)
         target = torch.zeros(rows, dtype=torch.long) if has_target else None
         launches = profile.compile_call(student, teacher, target,
                                         LossConfig(k=k, rank_by=rank_by), *grads,
-                                        sharded=sharded)
+                                        sharded=sharded, listed=listed)
         profiles = [profile.profile_launch(launch, rows, classes) for launch in launches]
         results.append({"case": f"{rows}x{classes} k={k} {s_dtype}/{t_dtype} {rank_by}"
-                                f"{' sharded' if sharded else ''}",
+                                f"{' sharded' if sharded else ''}"
+                                f"{f' top-{listed}' if listed else ''}",
                         "kernels": [kernel.name for kernel in profiles],
+                        # (ranked by a sparse teacher, the top-k is known: nothing selects)
+                        "selects": not (listed and rank_by == "teacher"),
                         # the loops and blocks the profiler found, with their tagged lines
                         "regions": sorted({region for kernel in profiles
                                            for region in kernel.loops})})

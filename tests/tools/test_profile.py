@@ -125,8 +125,9 @@ def test_rows_models_change_the_fallback_only(cases):
             assert hints["exact_selection"] < 0.05 and spaced[name][1]["exact_selection"] == 1
             assert spaced[name][0] > count + 5, (case["case"], name)  # (its exact rounds)
             assert clustered[name][0] <= spaced[name][0]
-        assert {"_ldrld_rows_kernel", "_ldrld_split_stats_kernel"} & {
-            name for name, (_, hints) in normal.items() if "exact_selection" in hints}
+        assert bool({"_ldrld_rows_kernel", "_ldrld_split_stats_kernel"} & {
+            name for name, (_, hints) in normal.items() if "exact_selection" in hints}) \
+            == case["selects"]
 
 
 @requires_compiler
@@ -179,7 +180,7 @@ def _call(instructions: float, spills: int = 0, warps: int = 32, kernels: int = 
 
 
 def test_check_names_each_broken_budget(monkeypatch):
-    monkeypatch.setitem(profile.BUDGETS, (4096, 4096, "bfloat16", 1),
+    monkeypatch.setitem(profile.BUDGETS, (4096, 4096, "bfloat16", 1, 0),
                         profile.Budget(instructions_per_element=48))
     assert profile.check_budgets([_call(47.9)]) == []
     assert profile.check_budgets([_call(48.1)]) == [
@@ -190,7 +191,7 @@ def test_check_names_each_broken_budget(monkeypatch):
     assert "8 warps per SM resident < 16" in line
     (line,) = profile.check_budgets([_call(40, kernels=3)])
     assert "3 kernels > 1" in line
-    monkeypatch.setitem(profile.BUDGETS, (4096, 4096, "bfloat16", 1),
+    monkeypatch.setitem(profile.BUDGETS, (4096, 4096, "bfloat16", 1, 0),
                         profile.Budget(instructions_per_element=48, mufu_per_element=1.5))
     (line,) = profile.check_budgets([_call(40)])
     assert "2.00 MUFU operations per element > 1.5" in line
@@ -212,6 +213,6 @@ def test_fallback_table_and_budgets_on_structured_rows(monkeypatch):
     assert row == ["4096", "4096", "bfloat16", "0.10%", "0.00%", "100.00%", "45.0", "45.0",
                    "99.0", "2.20"]
     # the budgets hold the normal rows only
-    monkeypatch.setitem(profile.BUDGETS, (4096, 4096, "bfloat16", 1),
+    monkeypatch.setitem(profile.BUDGETS, (4096, 4096, "bfloat16", 1, 0),
                         profile.Budget(instructions_per_element=48))
     assert profile.check_budgets(list(by_model[0].values())) == []

@@ -5,6 +5,7 @@ recorded instead of run."""
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import warnings
 from collections.abc import Iterator
@@ -107,16 +108,25 @@ class _OneRank(parallel.Shard):
 
 def compile_call(student: torch.Tensor, teacher: torch.Tensor, target: torch.Tensor | None,
                  config: LossConfig, student_grad: bool = True,
-                 teacher_grad: bool = False, sharded: bool = False) -> list[Launch]:
+                 teacher_grad: bool = False, sharded: bool = False,
+                 listed: int = 0) -> list[Launch]:
     """Compile, for sm_90, every kernel that ``ldrld_loss(..., backend="triton")`` launches on
     these (CPU) tensors: the forward pass with a mean's gradient scale, then the backward of
     ``loss.backward()``; ``sharded``: as one rank's slice of the classes
-    (``kernels.sharded``)."""
+    (``kernels.sharded``); ``listed`` > 0: against a sparse teacher of that many classes a
+    row (``teacher`` unused)."""
     from ldrld_kernels.kernels import launcher, scale
     from ldrld_kernels.kernels import sharded as sharded_launcher
 
     with compile_only() as launches:
-        if sharded:
+        if listed:
+            rows = student.shape[0]
+            ids = torch.arange(listed).expand(rows, listed)
+            logprobs = torch.full((rows, listed), -math.log(listed + 1.0))
+            teacher_grad, grad_t = False, None
+            _, _, grad_s = launcher.ldrld_sparse_rows(student, ids, logprobs, target, config,
+                                                      student_grad, torch.ones(()))
+        elif sharded:
             width = student.shape[1]
             _, _, grad_s, grad_t = sharded_launcher.ldrld_rows(
                 student, teacher, target, config, student_grad, teacher_grad, torch.ones(()),

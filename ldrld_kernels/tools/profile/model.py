@@ -167,6 +167,7 @@ class CallProfile:
     kernels: list[KernelProfile]
     hbm_bytes_per_element: float = 0.0  # the design's model (policy.hbm_bytes_per_element)
     ranks: int = 1  # vocabulary parallel: one rank's slice of the classes, C / ranks
+    listed: int = 0  # against a sparse teacher of this many classes a row (``sparse``)
     rows_model: str = "normal"  # the rows its data-dependent counts were simulated on
     instructions_per_element: float = 0.0
     ceiling_h100: float = 0.0  # % of copy bandwidth the issue rate allows
@@ -185,20 +186,25 @@ DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch
 
 def profile_call(rows: int, classes: int, dtype: str = "bfloat16", k: int = 7,
                  target: bool = True, teacher_grad: bool = False, ranks: int = 1,
-                 rows_model: str = "normal") -> CallProfile:
+                 rows_model: str = "normal", listed: int = 0) -> CallProfile:
     """Compile and count every kernel of one training-step call on ``rows`` x ``classes``
     logits of ``dtype`` (the student's gradient, and the teacher's with ``teacher_grad``);
     with ``ranks`` > 1, of the first rank of a vocabulary-parallel call (C / ranks classes,
-    rounded up), counted per element of its slice; data-dependent counts (the exact-selection
-    fallback) simulated on rows of ``rows_model`` (``ROW_MODELS``)."""
+    rounded up), counted per element of its slice; with ``listed`` > 0, against a sparse
+    teacher of that many classes a row (no teacher logits, no teacher gradient);
+    data-dependent counts (the exact-selection fallback) simulated on rows of ``rows_model``
+    (``ROW_MODELS``)."""
     torch_dtype = DTYPES[dtype]
     width = -(-classes // ranks)
+    teacher_grad = teacher_grad and not listed
     student = torch.empty(rows, width, dtype=torch_dtype)
-    teacher = torch.empty(rows, width, dtype=torch_dtype)
+    teacher = student if listed else torch.empty(rows, width, dtype=torch_dtype)
     labels = torch.zeros(rows, dtype=torch.long) if target else None
     launches = compile_call(student, teacher, labels, LossConfig(k=k), True, teacher_grad,
-                            sharded=ranks > 1)
-    moved = torch_dtype.itemsize * (3 + teacher_grad)  # read both, write the gradient(s)
+                            sharded=ranks > 1, listed=listed)
+    # read the logits, write the gradient(s): a sparse teacher's few bytes a row do not count
+    teacher_bytes = 0 if listed else torch_dtype.itemsize
+    moved = 2 * torch_dtype.itemsize + teacher_bytes * (1 + teacher_grad)
     # the waves of wide rows launch the same kernels with the same arguments but the first
     # row (and a smaller last wave): counted once each, over all their programs
     alike: dict[tuple, list[Launch]] = {}
@@ -213,6 +219,6 @@ def profile_call(rows: int, classes: int, dtype: str = "bfloat16", k: int = 7,
                                        rows_model)
                         for group in alike.values()],
                        hbm_bytes_per_element=policy.hbm_bytes_per_element(
-                           rows, classes, torch_dtype.itemsize, torch_dtype.itemsize,
-                           teacher_grad, HOPPER, ranks),
-                       ranks=ranks, rows_model=rows_model)
+                           rows, classes, torch_dtype.itemsize, teacher_bytes, teacher_grad,
+                           HOPPER, ranks),
+                       ranks=ranks, rows_model=rows_model, listed=listed)

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ldrld_kernels.kernels import policy
-from ldrld_kernels.tools.profile.budgets import BUDGETS, check_budgets, per_rank
+from ldrld_kernels.tools.profile.budgets import BUDGETS, check_budgets, shape_label
 from ldrld_kernels.tools.profile.driver import SM_TARGET
 from ldrld_kernels.tools.profile.model import DTYPES, CallProfile, profile_call
 
@@ -24,7 +24,7 @@ def table_rows(profiles: Sequence[CallProfile]) -> list[list[str]]:
     for call in profiles:
         for kernel in call.kernels:
             rows.append([
-                str(call.rows), f"{call.classes}{per_rank(call)}", call.dtype,
+                str(call.rows), shape_label(call), call.dtype,
                 kernel.name.strip("_"),
                 ("" if kernel.launches == 1 else f"{kernel.launches} x ") +
                 "x".join(map(str, kernel.grid)), str(kernel.num_warps), str(kernel.registers),
@@ -35,7 +35,7 @@ def table_rows(profiles: Sequence[CallProfile]) -> list[list[str]]:
                 "/".join(map(str, kernel.load_bits)) or "-",
                 "/".join(map(str, kernel.store_bits)) or "-",
                 f"{kernel.instructions_per_element:.1f}", "", "", ""])
-        rows.append([str(call.rows), f"{call.classes}{per_rank(call)}", call.dtype,
+        rows.append([str(call.rows), shape_label(call), call.dtype,
                      "= call"] + [""] * 11 + [
                      f"{call.instructions_per_element:.1f}",
                      f"{call.hbm_bytes_per_element:.1f}", f"{call.ceiling_h100:.0f}",
@@ -90,7 +90,7 @@ def fallback_rows(by_model: Sequence[dict[str, CallProfile]]) -> list[list[str]]
         normal = calls["normal"]
         rates = [fallback_rate(calls[model]) for model in ROW_MODELS]
         counts = [calls[model].instructions_per_element for model in ROW_MODELS]
-        rows.append([str(normal.rows), f"{normal.classes}{per_rank(normal)}", normal.dtype,
+        rows.append([str(normal.rows), shape_label(normal), normal.dtype,
                      *("-" if rate is None else f"{100 * rate:.2f}%" for rate in rates),
                      *(f"{count:.1f}" for count in counts),
                      f"{counts[-1] / max(counts[0], 1e-9):.2f}"])
@@ -110,6 +110,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-target", action="store_true", help="no cross-entropy term")
     parser.add_argument("--teacher-grad", action="store_true",
                         help="the teacher's gradient too (online distillation)")
+    parser.add_argument("--listed", type=int, metavar="K",
+                        help="against a sparse teacher of K listed classes a row (default: 0, "
+                             "teacher logits, with --classes)")
     parser.add_argument("--json", metavar="PATH", help="write the profiles as JSON there")
     parser.add_argument("--markdown", action="store_true", help="print a Markdown table")
     parser.add_argument("--check", action="store_true",
@@ -128,20 +131,23 @@ def run(args: argparse.Namespace) -> int:
     import triton
 
     if args.classes:
-        shapes = [(args.rows or 4096, classes, args.ranks) for classes in args.classes]
+        shapes = [(args.rows or 4096, classes, args.ranks or 1, args.listed or 0)
+                  for classes in args.classes]
     else:
-        shapes = sorted({(rows, classes, ranks) for rows, classes, _, ranks in BUDGETS
-                         if args.rows in (None, rows) and args.ranks in (None, ranks)},
-                        key=lambda shape: (shape[2], shape[1], -shape[0]))
+        shapes = sorted({(rows, classes, ranks, listed)
+                         for rows, classes, _, ranks, listed in BUDGETS
+                         if args.rows in (None, rows) and args.ranks in (None, ranks)
+                         and args.listed in (None, listed)},
+                        key=lambda shape: (shape[3], shape[2], shape[1], -shape[0]))
     print(f"ldrld profile: Triton {triton.__version__}, sm_{SM_TARGET}, "
           f"k={args.k}, {'no target' if args.no_target else 'with target'}, "
           f"{'student and teacher' if args.teacher_grad else 'student'} gradient", end="")
     models = ROW_MODELS if args.fallback else (args.rows_model,)
     print(f", {' / '.join(models)} rows" if models != ("normal",) else "", flush=True)
     by_model = [{model: profile_call(rows, classes, dtype, args.k, not args.no_target,
-                                     args.teacher_grad, ranks or 1, model)
+                                     args.teacher_grad, ranks, model, listed)
                  for model in models}
-                for rows, classes, ranks in shapes for dtype in args.dtype]
+                for rows, classes, ranks, listed in shapes for dtype in args.dtype]
     profiles = [call for calls in by_model for call in calls.values()]
     if args.fallback:
         cells = fallback_rows(by_model)
