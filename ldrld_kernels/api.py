@@ -150,7 +150,12 @@ def ldrld_loss(
         student_logits: ``(..., C)`` float32, float16 or bfloat16 (float64 on the PyTorch
             path); any strides.
         teacher_logits: ``(..., C)``, same shape and device; may differ in dtype. Gets a
-            gradient when it requires grad (online / mutual distillation).
+            gradient when it requires grad (online / mutual distillation). Or a teacher
+            saved offline, ``SparseTeacher(ids, logprobs)``: its top-K classes ``(..., K)``
+            int64 and their log-probabilities at temperature 1 ``(..., K)``, ``k <= K <=
+            C``; the row is completed by spreading the missing mass uniformly over the
+            unlisted classes (``sparse``), and gets no gradient. With a
+            ``process_group``, every rank passes the same global ids.
         target: ``(...)`` int64 class indices, or None for no cross-entropy term. Rows equal
             to ``ignore_index`` contribute nothing and get zero gradient.
         k: number of top classes (ranked by ``rank_by``) whose pairs are distilled,

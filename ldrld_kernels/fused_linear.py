@@ -32,6 +32,7 @@ from ldrld_kernels.api import LDRLDOutput, _reduce, _scale, output, prepare
 from ldrld_kernels.backends import rows_function
 from ldrld_kernels.config import Backend, CallOptions, LossConfig, RankBy, Reduction
 from ldrld_kernels.pytorch import parallel
+from ldrld_kernels.sparse import SparseTeacher
 
 # ``chunk_rows="auto"``: one chunk's logits and their gradients take at most this many bytes
 CHUNK_BYTES = {"cuda": 1 << 30, "cpu": 256 << 20}
@@ -40,10 +41,11 @@ HIDDEN_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
 def auto_chunk_rows(rows: int, num_classes: int, itemsize: int, teacher_grad: bool,
-                    device: torch.device) -> int:
+                    device: torch.device, sparse: bool = False) -> int:
     """Rows per chunk: the most whose student and teacher logits and their gradients fit in
-    ``CHUNK_BYTES`` of the device type, a multiple of ``CHUNK_TILE`` when at least one."""
-    per_row = max(1, num_classes) * itemsize * (4 if teacher_grad else 3)
+    ``CHUNK_BYTES`` of the device type, a multiple of ``CHUNK_TILE`` when at least one
+    (``sparse``: a sparse teacher, no teacher logits)."""
+    per_row = max(1, num_classes) * itemsize * (2 if sparse else 4 if teacher_grad else 3)
     budget = CHUNK_BYTES.get(device.type, CHUNK_BYTES["cuda"])
     chunk = max(1, budget // per_row)
     if chunk >= CHUNK_TILE:
@@ -66,8 +68,16 @@ class _Linear:
         self.grad_bias = torch.zeros(bias.shape, dtype=accumulate, device=bias.device) \
             if needs[2] and bias is not None else None  # (needs[2]: a bias that needs it)
 
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.hidden.dtype
+
     def logits(self, rows: slice) -> torch.Tensor:
         return F.linear(self.hidden[rows], self.weight, self.bias)
+
+    def saved(self) -> tuple[torch.Tensor | None, ...]:
+        """What a backward pass that runs the chunks again needs (``_teacher_of``)."""
+        return self.hidden, self.weight, self.bias
 
     def accumulate(self, rows: slice, grad_logits: torch.Tensor) -> None:
         """The chunk's share of each gradient, from d loss / d logits of its rows (in the
@@ -87,6 +97,43 @@ class _Linear:
     def dtypes(self) -> tuple[torch.dtype | None, ...]:
         return (self.hidden.dtype, self.weight.dtype,
                 None if self.bias is None else self.bias.dtype)
+
+
+class _Listed:
+    """A sparse teacher in a teacher's output layer's place: its rows are the logits (no
+    gradient, no layer)."""
+
+    needs_grad = False
+    grad_hidden = None
+
+    def __init__(self, teacher: SparseTeacher):
+        self.teacher = teacher
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.teacher.logprobs.dtype
+
+    def logits(self, rows: slice) -> SparseTeacher:
+        return SparseTeacher(self.teacher.ids[rows], self.teacher.logprobs[rows])
+
+    def saved(self) -> tuple[torch.Tensor | None, ...]:
+        return self.teacher.ids, self.teacher.logprobs, None
+
+    def accumulate(self, rows: slice, grad_logits: torch.Tensor) -> None:
+        raise AssertionError("a sparse teacher has no gradient")
+
+    def buffers(self) -> tuple[None, None, None]:
+        return None, None, None
+
+    def dtypes(self) -> tuple[None, None, None]:
+        return None, None, None
+
+
+def _teacher_of(sparse: bool, first, weight, bias, needs) -> _Linear | _Listed:
+    """The teacher of a call: its output layer (hidden, weight, bias), or with ``sparse``
+    a sparse teacher's (ids, logprobs, None)."""
+    return _Listed(SparseTeacher(first, weight)) if sparse else _Linear(first, weight, bias,
+                                                                         needs)
 
 
 def _add_product(total: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
@@ -112,7 +159,7 @@ def _finish(buffers, dtypes, scale: torch.Tensor | None = None) -> list[torch.Te
     return grads
 
 
-def _run_chunks(student: _Linear, teacher: _Linear, target: torch.Tensor | None,
+def _run_chunks(student: _Linear, teacher: _Linear | _Listed, target: torch.Tensor | None,
                 config: LossConfig, rows_fn, chunk_rows: int, grads: bool,
                 grad_scale: torch.Tensor | None, row_weights: torch.Tensor | None = None):
     """Every chunk: logits, row losses, and (with ``grads``) the gradients accumulated, each
@@ -133,10 +180,10 @@ def _run_chunks(student: _Linear, teacher: _Linear, target: torch.Tensor | None,
                 if row_weights is not None:  # (the product in float32 at least)
                     wide = torch.promote_types(grad.dtype, torch.float32)
                     grad = grad.to(wide) * row_weights[chunk, None]
-                model.accumulate(chunk, grad.to(model.hidden.dtype))
+                model.accumulate(chunk, grad.to(model.dtype))
         del grad_s, grad_t  # (the chunk's logits went with the call)
     if not losses:  # no rows
-        dtype = torch.float64 if torch.float64 in (student.hidden.dtype, teacher.hidden.dtype) \
+        dtype = torch.float64 if torch.float64 in (student.dtype, teacher.dtype) \
             else torch.float32
         return (student.hidden.new_zeros(0, dtype=dtype),
                 student.hidden.new_zeros(0, 3, dtype=dtype))
@@ -148,25 +195,27 @@ class _FusedLinearFunction(torch.autograd.Function):
     scaled in backward, or computed there when the upstream gradient must come first: for
     ``reduction="none"`` (a vector) and for float16 (whose range cannot hold d loss / d logit
     before GradScaler's factor arrives: the factor goes into the row kernels, which compute
-    in float32, and the chunks' float16 gradients are rounded once, after it)."""
+    in float32, and the chunks' float16 gradients are rounded once, after it). A sparse
+    teacher comes as (ids, logprobs, None) in the teacher's (h_t, w_t, b_t) place."""
 
     @staticmethod
     def forward(ctx, h_s, w_s, b_s, h_t, w_t, b_t, target, config, backend, reduction,
-                mean_scale, chunk_rows, shard, reduce_hidden_grad, grad_enabled):
-        rows_fn = rows_function(backend, shard)
+                mean_scale, chunk_rows, shard, reduce_hidden_grad, grad_enabled, sparse):
+        rows_fn = rows_function(backend, shard, sparse)
         # (needs_input_grad says True under torch.no_grad() too: the caller's grad mode)
         needs = ctx.needs = tuple(grad_enabled and need for need in ctx.needs_input_grad)
         student = _Linear(h_s, w_s, b_s, needs[0:3])
-        teacher = _Linear(h_t, w_t, b_t, needs[3:6])
+        teacher = _teacher_of(sparse, h_t, w_t, b_t, needs[3:6])
+        ctx.sparse = sparse
         per_row = reduction == "none"
-        rerun = per_row or torch.float16 in (h_s.dtype, h_t.dtype)
+        rerun = per_row or torch.float16 in (student.dtype, teacher.dtype)
         row_loss, parts = _run_chunks(student, teacher, target, config, rows_fn, chunk_rows,
                                       not rerun, mean_scale)
         loss, parts = _reduce(row_loss, parts, reduction, mean_scale)
         ctx.mark_non_differentiable(parts)
         ctx.per_row, ctx.rerun, ctx.backward_done = per_row, rerun, False
         if rerun:
-            ctx.save_for_backward(h_s, w_s, b_s, h_t, w_t, b_t, target, mean_scale)
+            ctx.save_for_backward(h_s, w_s, b_s, *teacher.saved(), target, mean_scale)
             ctx.settings = (config, rows_fn, chunk_rows, shard, reduce_hidden_grad)
             return loss, parts
         _reduce_hidden_grads((student, teacher), shard, reduce_hidden_grad)
@@ -188,7 +237,7 @@ class _FusedLinearFunction(torch.autograd.Function):
             h_s, w_s, b_s, h_t, w_t, b_t, target, mean_scale = ctx.saved_tensors
             config, rows_fn, chunk_rows, shard, reduce_hidden_grad = ctx.settings
             student = _Linear(h_s, w_s, b_s, ctx.needs[0:3])
-            teacher = _Linear(h_t, w_t, b_t, ctx.needs[3:6])
+            teacher = _teacher_of(ctx.sparse, h_t, w_t, b_t, ctx.needs[3:6])
             scale = None if ctx.per_row else grad_loss if mean_scale is None \
                 else grad_loss * mean_scale  # (0-d, float32 at least)
             with torch.autocast(h_s.device.type, enabled=False):
@@ -197,7 +246,7 @@ class _FusedLinearFunction(torch.autograd.Function):
             _reduce_hidden_grads((student, teacher), shard, reduce_hidden_grad)
             grads = _finish((*student.buffers(), *teacher.buffers()),
                             (*student.dtypes(), *teacher.dtypes()))
-        return (*grads, None, None, None, None, None, None, None, None, None)
+        return (*grads, None, None, None, None, None, None, None, None, None, None)
 
 
 def _reduce_hidden_grads(models, shard: parallel.Shard | None, reduce: bool) -> None:
@@ -259,8 +308,17 @@ def _logits_like(hidden: torch.Tensor, num_classes: int) -> torch.Tensor:
         *hidden.shape[:-1], num_classes)
 
 
-def _check_pair(student_hidden, student_weight, teacher_hidden, teacher_weight,
-                chunk_rows) -> None:
+def _check_sparse(teacher_weight: object, teacher_bias: object) -> None:
+    """A sparse teacher in the teacher's output layer's place: no layer beside it (its
+    tensors are checked with the logits, ``validation``)."""
+    for name, value in (("teacher_weight", teacher_weight), ("teacher_bias", teacher_bias)):
+        if value is not None:
+            raise TypeError(f"ldrld_fused_linear_loss: {name} must be None when teacher_hidden "
+                            f"is a SparseTeacher (it replaces the teacher's output layer), got "
+                            f"{type(value).__name__}")
+
+
+def _check_pair(student_hidden, student_weight, teacher_hidden, teacher_weight) -> None:
     if student_weight.shape[0] != teacher_weight.shape[0]:
         raise ValueError("ldrld_fused_linear_loss: student_weight and teacher_weight must have "
                          f"the same number of classes C (rows), got {student_weight.shape[0]} "
@@ -273,6 +331,9 @@ def _check_pair(student_hidden, student_weight, teacher_hidden, teacher_weight,
         raise ValueError("ldrld_fused_linear_loss: the student's and the teacher's tensors "
                          f"must be on one device, got {student_hidden.device} and "
                          f"{teacher_hidden.device}")
+
+
+def _check_chunk_rows(chunk_rows: object) -> None:
     if chunk_rows != "auto" and (isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int)
                                  or chunk_rows < 1):
         raise ValueError("ldrld_fused_linear_loss: chunk_rows must be 'auto' or an int >= 1, "
@@ -282,8 +343,8 @@ def _check_pair(student_hidden, student_weight, teacher_hidden, teacher_weight,
 def ldrld_fused_linear_loss(
     student_hidden: torch.Tensor,
     student_weight: torch.Tensor,
-    teacher_hidden: torch.Tensor,
-    teacher_weight: torch.Tensor,
+    teacher_hidden: torch.Tensor | SparseTeacher,
+    teacher_weight: torch.Tensor | None,
     target: torch.Tensor | None = None,
     *,
     student_bias: torch.Tensor | None = None,
@@ -314,7 +375,10 @@ def ldrld_fused_linear_loss(
             ``student_weight`` ``(C, H_s)`` (``nn.Linear.weight``) and ``student_bias``
             ``(C,)`` or None, all of one dtype and device.
         teacher_hidden, teacher_weight, teacher_bias: the teacher's, ``(..., H_t)``,
-            ``(C, H_t)``, ``(C,)``; they get gradients only when they require grad.
+            ``(C, H_t)``, ``(C,)``; they get gradients only when they require grad. Or a
+            teacher saved offline: ``teacher_hidden`` a ``SparseTeacher`` (its top-K ``ids``
+            and ``logprobs``, ``(..., K)``, ``sparse``) and ``teacher_weight`` and
+            ``teacher_bias`` None; then the chunks hold the student's logits only.
         target: ``(...)`` int64 class ids, or None.
         chunk_rows: rows per chunk, or ``"auto"``: the most whose two logits and their
             gradients fit in 1 GiB on CUDA, 256 MiB on CPU (``CHUNK_BYTES``), a multiple of
@@ -334,32 +398,48 @@ def ldrld_fused_linear_loss(
         loss = ldrld_fused_linear_loss(student_out.hidden_states[-1], student.lm_head.weight,
                                        teacher_out.hidden_states[-1], teacher.lm_head.weight,
                                        labels, ignore_index=-100)
+        # from a teacher's top-K saved offline
+        loss = ldrld_fused_linear_loss(student_out.hidden_states[-1], student.lm_head.weight,
+                                       SparseTeacher(top_ids, top_logprobs), None, labels)
     """
     # (the keywords as given, each checked by its class: config; this function defines no
     # closure, whose cells torch.compile could not read in locals())
     config, options = LossConfig.from_keywords(locals()), CallOptions.from_keywords(locals())
-    (student_hidden, student_weight, student_bias, teacher_hidden, teacher_weight,
-     teacher_bias) = _autocast(student_hidden, student_weight, student_bias, teacher_hidden,
-                               teacher_weight, teacher_bias)
+    student_hidden, student_weight, student_bias = _autocast(student_hidden, student_weight,
+                                                             student_bias)
     _check_linear("student", student_hidden, student_weight, student_bias)
-    _check_linear("teacher", teacher_hidden, teacher_weight, teacher_bias)
-    _check_pair(student_hidden, student_weight, teacher_hidden, teacher_weight, chunk_rows)
+    _check_chunk_rows(chunk_rows)
     lead = student_hidden.shape[:-1]
     rows, num_classes = math.prod(lead), student_weight.shape[0]
-    call = prepare(_logits_like(student_hidden, num_classes),
-                   _logits_like(teacher_hidden, num_classes), target, config, options)
-    teacher_grad = torch.is_grad_enabled() and any(
-        x is not None and x.requires_grad for x in (teacher_hidden, teacher_weight, teacher_bias))
+    h_s = student_hidden.reshape(rows, student_hidden.shape[-1])
+    sparse = isinstance(teacher_hidden, SparseTeacher)
+    if isinstance(teacher_hidden, SparseTeacher):
+        _check_sparse(teacher_weight, teacher_bias)
+        call = prepare(_logits_like(student_hidden, num_classes), teacher_hidden, target,
+                       config, options)
+        teacher_grad = False
+        # (ids and logprobs in the teacher's hidden states' and weight's places)
+        listed = teacher_hidden.ids.shape[-1]
+        h_t = teacher_hidden.ids.reshape(rows, listed)
+        teacher_weight = teacher_hidden.logprobs.reshape(rows, listed)
+    else:
+        hidden, teacher_weight, teacher_bias = _autocast(teacher_hidden, teacher_weight,
+                                                         teacher_bias)
+        _check_linear("teacher", hidden, teacher_weight, teacher_bias)
+        _check_pair(student_hidden, student_weight, hidden, teacher_weight)
+        call = prepare(_logits_like(student_hidden, num_classes),
+                       _logits_like(hidden, num_classes), target, config, options)
+        teacher_grad = torch.is_grad_enabled() and any(
+            x is not None and x.requires_grad for x in (hidden, teacher_weight, teacher_bias))
+        h_t = hidden.reshape(rows, hidden.shape[-1])
     if chunk_rows == "auto":
         chunk_rows = auto_chunk_rows(rows, num_classes, student_hidden.element_size(),
-                                     teacher_grad, student_hidden.device)
-    h_s = student_hidden.reshape(rows, student_hidden.shape[-1])
-    h_t = teacher_hidden.reshape(rows, teacher_hidden.shape[-1])
+                                     teacher_grad, student_hidden.device, sparse)
     with torch.autocast(h_s.device.type, enabled=False):  # (inputs cast above)
         loss, parts = _FusedLinearFunction.apply(
             h_s, student_weight, student_bias, h_t, teacher_weight, teacher_bias, call.target,
             config, call.backend, reduction, call.mean_scale, chunk_rows, call.shard,
-            reduce_hidden_grad, torch.is_grad_enabled())
+            reduce_hidden_grad, torch.is_grad_enabled(), sparse)
     return output(loss, parts, lead, reduction, return_parts)
 
 
@@ -385,8 +465,8 @@ class LDRLDFusedLinearLoss(torch.nn.Module):
         self,
         student_hidden: torch.Tensor,
         student_weight: torch.Tensor,
-        teacher_hidden: torch.Tensor,
-        teacher_weight: torch.Tensor,
+        teacher_hidden: torch.Tensor | SparseTeacher,
+        teacher_weight: torch.Tensor | None,
         target: torch.Tensor | None = None,
         student_bias: torch.Tensor | None = None,
         teacher_bias: torch.Tensor | None = None,

@@ -16,6 +16,7 @@ from ldrld_kernels import backends
 from ldrld_kernels.config import LossConfig
 from ldrld_kernels.kernels import hardware, launcher, policy
 from ldrld_kernels.pytorch import vectorized
+from ldrld_kernels.sparse import SparseTeacher
 from ldrld_kernels.tools.check import GRAD_TOLERANCES, LOSS_TOLERANCES, compare_with_reference
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -75,11 +76,19 @@ requires_triton = pytest.mark.skipif(
     not triton_runs_here(), reason="needs triton and a GPU or TRITON_INTERPRET=1")
 
 
+def to_device(teacher):
+    """Teacher logits, or a ``SparseTeacher``'s tensors, on DEVICE."""
+    if isinstance(teacher, SparseTeacher):
+        return SparseTeacher(*(x.to(DEVICE) for x in teacher))
+    return teacher.to(DEVICE)
+
+
 def assert_matches(backend: str, student, teacher, target=None, **kwargs) -> None:
     """``backend`` agrees with the float64 reference on these inputs (on DEVICE), loss and both
-    gradients, under a fixed random upstream gradient."""
+    gradients (a ``SparseTeacher``: the student's, against its completed rows), under a fixed
+    random upstream gradient."""
     target = None if target is None else target.to(DEVICE)
-    result = compare_with_reference(student.to(DEVICE), teacher.to(DEVICE), target,
+    result = compare_with_reference(student.to(DEVICE), to_device(teacher), target,
                                      backend=backend,
                                      generator=torch.Generator().manual_seed(7), **kwargs)
     assert result.passed, result

@@ -13,7 +13,7 @@ from tests.helpers import half_gradient_problems, random_logits, random_target
 def test_public_surface():
     assert sorted(lk.__all__) == sorted(
         ["ldrld_loss", "LDRLDLoss", "adw_weights", "LDRLDOutput", "__version__",
-         "ldrld_fused_linear_loss", "LDRLDFusedLinearLoss"])
+         "ldrld_fused_linear_loss", "LDRLDFusedLinearLoss", "SparseTeacher"])
     assert isinstance(lk.__version__, str)
 
 

@@ -93,6 +93,54 @@ def test_hf_causal_lm_distillation():
     assert sum(losses[-3:]) < sum(losses[:3]), losses
 
 
+def test_hf_causal_lm_offline_distillation(tmp_path):
+    # a teacher's top-K saved to disk for a tiny corpus, then a student trained from the file
+    pytest.importorskip("transformers", reason="needs transformers (pip install -e '.[examples]')")
+    module = _example("hf_causal_lm_distill")
+    teacher = module.tiny_llama(hidden=32, layers=1, vocab=64, seed=0)
+    generator = torch.Generator().manual_seed(0)
+    corpus = [module.toy_batch(4, 12, 64, generator) for _ in range(3)]
+    path = tmp_path / "top.pt"
+    module.save_teacher_top_k(teacher, corpus, str(path), 8)
+    batches = module.load_teacher_top_k(str(path))
+    assert len(batches) == 3
+    first = batches[0]
+    assert first["teacher_ids"].shape == first["teacher_logprobs"].shape == (4, 11, 8)
+    assert first["teacher_ids"].dtype == torch.int64
+    assert first["teacher_logprobs"].dtype == torch.float16
+    student = module.tiny_llama(hidden=16, layers=1, vocab=64, seed=1)
+    offline = module.LDRLDDistillation()  # (no teacher)
+    # the loss from the file is ldrld_loss against the teacher's top-8 of the shifted logits
+    logits = student(input_ids=first["input_ids"], attention_mask=first["attention_mask"]).logits
+    by_hand = lk.ldrld_loss(logits[:, :-1], lk.SparseTeacher(first["teacher_ids"],
+                                                             first["teacher_logprobs"]),
+                            first["labels"][:, 1:], k=7, temperature=2.0)
+    for fused in (True, False):
+        loss = module.LDRLDDistillation(fused=fused).compute_loss(student, first)
+        torch.testing.assert_close(loss, by_hand, rtol=1e-5, atol=1e-5)
+    # every class saved (in float32): the offline loss is the online one
+    module.save_teacher_top_k(teacher, corpus[:1], str(path), 64, dtype=torch.float32)
+    (whole,) = module.load_teacher_top_k(str(path))
+    torch.testing.assert_close(offline.compute_loss(student, whole),
+                               module.LDRLDDistillation(teacher=teacher).compute_loss(
+                                   student, whole), rtol=1e-5, atol=1e-5)
+    # a student trained from the file alone
+    losses = module.train(student, offline.compute_loss, 15, 64, seed=2, batches=batches)
+    assert sum(losses[-3:]) < sum(losses[:3]), losses
+
+
+def test_hf_causal_lm_offline_command(tmp_path):
+    pytest.importorskip("transformers", reason="needs transformers (pip install -e '.[examples]')")
+    path = tmp_path / "top.pt"
+    result = run_python("examples/hf_causal_lm_distill.py", "--teacher-steps", "3",
+                        "--student-steps", "3", "--offline", str(path), "--top-k", "8",
+                        "--corpus-batches", "2", timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert path.exists()
+    assert re.search(r"saved the teacher's top-8 of \d+ positions", result.stdout)
+    assert "student (LDRLD): loss" in result.stdout
+
+
 def test_digits_distill_reports_every_student():
     pytest.importorskip("sklearn", reason="needs scikit-learn (pip install -e '.[examples]')")
     table = _example("digits_distill").main(["--seeds", "2", "--epochs", "2"])

@@ -272,3 +272,96 @@ def test_no_gradients_computed_without_grad_mode(monkeypatch):
     assert calls == []
     _fused(tensors, target, chunk_rows=4, backend="torch")
     assert calls  # (the counting works)
+
+
+# ---- A sparse teacher in the teacher's output layer's place (issue 23) -------------------------
+
+
+def _sparse_inputs(dtype, seed, lead=(3, 5), classes=40, listed=10, device="cpu"):
+    """The student's output layer, and a teacher's top-``listed`` (float32 log-probabilities,
+    float64 for float64) of random logits."""
+    tensors, target = _inputs(lead=lead, classes=classes, dtype=dtype, seed=seed, device=device)
+    teacher = tensors["teacher_hidden"].double() @ tensors["teacher_weight"].double().T
+    top = lk.SparseTeacher.from_logits(teacher.to(torch.float64 if dtype == torch.float64
+                                                  else torch.float32), listed)
+    return tensors, lk.SparseTeacher(*(x.to(device) for x in top)), target
+
+
+def _check_sparse(tensors, top, target, chunk_rows, tolerance, **options):
+    """Loss, parts and the student layer's gradients against the reference on the
+    materialized student logits and the completed teacher rows."""
+    leaves = [tensors[name] for name in ("student_hidden", "student_weight", "student_bias")]
+    results = []
+    for fused in (True, False):
+        if fused:
+            out = lk.ldrld_fused_linear_loss(leaves[0], leaves[1], top, None, target,
+                                             student_bias=leaves[2], chunk_rows=chunk_rows,
+                                             return_parts=True, **options)
+        else:
+            logits = leaves[0].double() @ leaves[1].double().T + leaves[2].double()
+            out = reference.ldrld_loss(logits, reference.densify(*top, logits.shape[-1]),
+                                       target, return_parts=True,
+                                       **{k: v for k, v in options.items() if k != "backend"})
+        upstream = torch.randn(out.loss.shape, generator=torch.Generator().manual_seed(5),
+                               dtype=torch.float64).to(out.loss) if out.loss.dim() \
+            else torch.tensor(1.7).to(out.loss)
+        grads = torch.autograd.grad((out.loss * upstream).sum(), leaves)
+        results.append([out.loss, out.ce, out.local, out.rntk, *grads])
+    for index, (got, want) in enumerate(zip(*results, strict=True)):
+        scale = max(1.0, float(want.detach().abs().max()))
+        torch.testing.assert_close(got.double(), want.double(), rtol=tolerance,
+                                   atol=tolerance * scale, msg=lambda m, i=index: f"[{i}] {m}")
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("chunk_rows", [1, 4, "auto"])
+def test_sparse_teacher_matches_the_completed_rows(reduction, chunk_rows):
+    tensors, top, target = _sparse_inputs(torch.float64, seed=11)
+    _check_sparse(tensors, top, target, chunk_rows, 1e-9, reduction=reduction, backend="torch")
+    _check_sparse(tensors, top, None, chunk_rows, 1e-9, rank_by="teacher", k=3,
+                  temperature=2.0, reduction=reduction, backend="torch")
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_sparse_teacher_on_the_triton_backend(reduction):
+    tensors, top, target = _sparse_inputs(torch.float32, seed=12, lead=(2, 6), classes=300,
+                                          listed=32, device=DEVICE)
+    for rank_by in ("student", "teacher"):
+        _check_sparse(tensors, top, target, 5, TOLERANCE[torch.float32], rank_by=rank_by,
+                      reduction=reduction, backend="triton")
+
+
+def test_sparse_teacher_in_float16():
+    # (float16 runs the chunks again in backward, with the upstream gradient)
+    tensors, top, target = _sparse_inputs(torch.float16, seed=13)
+    _check_sparse(tensors, top, target, 4, 2e-2, backend="torch")
+
+
+def test_sparse_teacher_takes_no_layer_beside_it():
+    tensors, top, target = _sparse_inputs(torch.float64, seed=14)
+    for extra, name in (({"teacher_weight": tensors["teacher_weight"]}, "teacher_weight"),
+                        ({"teacher_weight": None, "teacher_bias": tensors["teacher_bias"]},
+                         "teacher_bias")):
+        weight = extra.pop("teacher_weight")
+        with pytest.raises(TypeError, match=f"{name} must be None when teacher_hidden is a "
+                                            "SparseTeacher"):
+            lk.ldrld_fused_linear_loss(tensors["student_hidden"], tensors["student_weight"],
+                                       top, weight, target, **extra)
+    with pytest.raises(ValueError, match="leading shape"):
+        lk.ldrld_fused_linear_loss(tensors["student_hidden"], tensors["student_weight"],
+                                   lk.SparseTeacher(top.ids[:2], top.logprobs[:2]), None,
+                                   target)
+    with pytest.raises(TypeError, match="teacher_weight must be a torch.Tensor"):
+        lk.ldrld_fused_linear_loss(tensors["student_hidden"], tensors["student_weight"],
+                                   tensors["teacher_hidden"], None, target)
+
+
+def test_auto_chunk_rows_of_a_sparse_teacher():
+    # the student's logits and their gradient only: half again as many rows as with a
+    # teacher's logits
+    dense = fused_linear.auto_chunk_rows(100_000, 32_000, 4, False, torch.device("cpu"))
+    sparse = fused_linear.auto_chunk_rows(100_000, 32_000, 4, False, torch.device("cpu"),
+                                          sparse=True)
+    assert sparse * 32_000 * 4 * 2 <= fused_linear.CHUNK_BYTES["cpu"]
+    assert (sparse + fused_linear.CHUNK_TILE) * 32_000 * 4 * 2 > fused_linear.CHUNK_BYTES["cpu"]
+    assert sparse > dense

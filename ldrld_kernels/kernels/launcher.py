@@ -185,7 +185,7 @@ def ldrld_sparse_rows(
         return row_loss, parts, grad_s
 
 
-def sparse_inputs(ids: torch.Tensor, logprobs: torch.Tensor, num_classes: int | torch.Tensor,
+def sparse_inputs(ids: torch.Tensor, logprobs: torch.Tensor, num_classes: int,
                   config: LossConfig) -> SparseInputs:
     """The kernels' form of a sparse teacher: its ids, their log-probabilities, its tail
     (``sparse.tail_logprob``, summed in float64) and, ranked by the teacher, its top-k

@@ -61,6 +61,22 @@ per wave:
 Without MERGE the statistics kernel leaves the records to a caller that merges them itself
 and writes the row record (``sharded``: a rank's slice of the classes, whose top-k depends on
 the other ranks).
+A sparse teacher (SPARSE, ``sparse``: per row K listed classes with their log-probabilities
+lp at temperature 1, and one tail value for the C - K others) has no logits to stream: the
+passes read the student alone. Ranked by the student, step 1 also gives each thread the best
+key of its groups that are not winners (its list's head and the best key that fell off; the
+exact rounds add one round for it), so step 2 runs against offsets fixed from the start: no
+rescaling per group. Ranked by the teacher, the top-k is known before the launch (the
+launcher's ``tensors.top``) and its groups are the winners; the offsets move as the stream
+goes. Step 2 keeps z_u, z_s and, in w's place, the plain sum of the student's logits over
+the remaining classes R; per row one pass over the listed classes (``_sparse_teacher_sums``)
+gives the teacher's (m_v, z_v, w) over the listed classes of R, and the n unlisted classes
+of R are one closed form (``_sparse_tail``): each is 2^a_tail, and sum (a_tail - a_u) over
+them is n a_tail - (c2 s_unlisted - n m_u), with s_unlisted the sum over R less the listed
+classes'. In step 3 the sweep writes every class as unlisted (beta T p_tail in t_shift's
+place), then the selected classes, the target and the listed classes their own values
+(``_store_listed``). Extra reads: K ids and values per row (twice), and the listed classes'
+student logits (from L1/L2).
 HBM traffic (``policy.hbm_bytes_per_element``): each input read once and each gradient
 written once, when the wave's second and third reads hit in L2 (it holds half the L2 by
 construction); per-row work is done once per split (the selection rounds) or once per row
@@ -872,20 +888,20 @@ def _store_listed(tensors, strides, settings, row, gs_row, per_row, own, lo_pos,
     top_c, _, _, y_p, _, _ = own
     c2 = LOG2E / settings.temperature
     if FLAGS.HAS_TARGET:
-        scale = _grad_scale(tensors.grad_scale, FLAGS.SCALE_GRAD)
-        ce_w = settings.ce_weight * scale
-        # ce_w / z_s (w_ce carries 2^(T m_u - m_s) when T_POW is set: whole numbers, exact)
-        ce_z = w_ce if FLAGS.T_POW == 0 else w_ce * tl.exp2(m_s - FLAGS.T_POW * m_u)
+        ce_w = settings.ce_weight * _grad_scale(tensors.grad_scale, FLAGS.SCALE_GRAD)
     for start in range(0, K, KB):  # trips: cdiv(K, KB)
         ok, ids, logprobs, pos = _listed_block(tensors, strides, row, start, K, KB)
         top = tl.max((ids[:, :, None] == top_c[:, None, :]).to(tl.int32), axis=2) > 0
         write = ok & ~top & (counted & row_ok)[:, None] & (pos >= lo_pos) & (pos < hi_pos)
         s_i = _load(tensors.student, s_row[:, None], pos, write, strides.s_col)
-        g = w_q[:, None] * tl.exp2(tl.fma(s_i, c2, -m_u[:, None])) - \
-            w_p[:, None] * tl.exp2(tl.fma(logprobs, c2, -m_v[:, None]))
-        if FLAGS.HAS_TARGET:
-            g += ce_z[:, None] * tl.exp2(tl.fma(s_i, LOG2E, -m_s[:, None])) - \
-                tl.where(pos == y_p[:, None], ce_w, 0.0)
+        e_u = tl.exp2(tl.fma(s_i, c2, -m_u[:, None]))
+        g = w_q[:, None] * e_u - w_p[:, None] * tl.exp2(tl.fma(logprobs, c2, -m_v[:, None]))
+        if FLAGS.HAS_TARGET:  # (the cross-entropy's softmax as the sweep takes it)
+            if FLAGS.T_POW == 0:
+                g += w_ce[:, None] * tl.exp2(tl.fma(s_i, LOG2E, -m_s[:, None]))
+            else:
+                g += w_ce[:, None] * _int_power(e_u, FLAGS.T_POW)
+            g -= tl.where(pos == y_p[:, None], ce_w, 0.0)
         tl.store(tensors.grad_s + gs_row[:, None] + pos,
                  g.to(tensors.grad_s.dtype.element_ty), mask=write)
 

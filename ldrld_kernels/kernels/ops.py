@@ -1,8 +1,9 @@
 """The Triton path as PyTorch custom ops, so that ``torch.compile`` sees opaque nodes (with
 fake implementations for tracing) instead of tracing into the kernel launches. Eager and
 compiled calls alike go through ``api._LDRLDFunction``, which calls these ops: one forward
-(``ldrld_rows``: the row losses and their gradients) and one backward (``scale_``: the
-gradients times the upstream gradient, in place, skipped on the device when it is 1).
+(``ldrld_rows``: the row losses and their gradients; ``ldrld_sparse_rows`` against a sparse
+teacher) and one backward (``scale_``: the gradients times the upstream gradient, in place,
+skipped on the device when it is 1).
 """
 
 from __future__ import annotations
@@ -48,6 +49,28 @@ def _(student, teacher, target, grad_scale, *settings_and_needs):
     need_student_grad, need_teacher_grad = settings_and_needs[-2:]
     return _op_outputs(student, teacher, *launcher.allocate_outputs(
         student, teacher, need_student_grad, need_teacher_grad))
+
+
+def _ldrld_sparse_rows(student, ids, logprobs, target, grad_scale, *settings_and_need):
+    """``_ldrld_rows`` against a sparse teacher, its top-K ``ids`` and ``logprobs``: the row
+    losses, parts and the student's gradient (empty when not asked for)."""
+    *settings, need_student_grad = settings_and_need
+    row_loss, parts, grad_s = launcher.ldrld_sparse_rows(
+        student, ids, logprobs, target, LossConfig(*settings), need_student_grad, grad_scale)
+    return _op_outputs(student, student, row_loss, parts, grad_s, None)[:3]
+
+
+ldrld_sparse_rows = torch.library.custom_op(
+    "ldrld_kernels::ldrld_sparse_rows", _ldrld_sparse_rows, mutates_args=(),
+    schema=f"(Tensor student, Tensor ids, Tensor logprobs, Tensor? target, Tensor? grad_scale, "
+           f"{SETTINGS}, bool need_student_grad) -> (Tensor, Tensor, Tensor)")
+
+
+@ldrld_sparse_rows.register_fake
+def _(student, ids, logprobs, target, grad_scale, *settings_and_need):
+    row_loss, parts, grad_s, _ = launcher.allocate_outputs(student, student,
+                                                           settings_and_need[-1], False)
+    return _op_outputs(student, student, row_loss, parts, grad_s, None)[:3]
 
 
 @torch.library.custom_op("ldrld_kernels::scale_", mutates_args=("grad",))

@@ -122,8 +122,12 @@ def ldrld_sparse_rows(
     u = s / T
     columns = _local_columns(top, shard, width)  # this rank's columns, width for elsewhere
     ids_here = _local_columns(ids, shard, width)
-    masked = F.pad(u, (0, 1), value=-math.inf).scatter(1, columns, -math.inf)[:, :width]
-    log_z_u, *log_z_s = log_normalizers([masked] if target is None else [masked, s], shard)
+    # (an extra -inf column, where the classes held elsewhere point: a rank's slice may be
+    # empty)
+    padded = F.pad(u, (0, 1), value=-math.inf).scatter(1, columns, -math.inf)
+    log_z_u, *log_z_s = log_normalizers(
+        [padded] if target is None else [padded, F.pad(s, (0, 1), value=-math.inf)], shard)
+    masked = padded[:, :width]
     log_q = masked - log_z_u[:, None]
     unlisted_here = torch.ones(rows, width + 1, dtype=torch.bool, device=device)
     unlisted_here = unlisted_here.scatter(1, ids_here, False).scatter(1, columns, False)

@@ -18,6 +18,7 @@ import torch
 from ldrld_kernels import reference  # type: ignore[attr-defined]
 from ldrld_kernels.api import ldrld_loss
 from ldrld_kernels.config import Backend
+from ldrld_kernels.sparse import SparseTeacher
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,7 @@ def _conditioning(student: torch.Tensor, teacher: torch.Tensor, upstream: torch.
 
 def compare_with_reference(
     student_logits: torch.Tensor,
-    teacher_logits: torch.Tensor,
+    teacher_logits: torch.Tensor | SparseTeacher,
     target: torch.Tensor | None = None,
     *,
     backend: str,
@@ -100,14 +101,24 @@ def compare_with_reference(
     **loss_kwargs,
 ) -> Comparison:
     """Run ``ldrld_loss`` with ``backend`` and the float64 reference on the same inputs, pull a
-    random upstream gradient through both, and compare the loss and the input gradients."""
+    random upstream gradient through both, and compare the loss and the input gradients. A
+    ``SparseTeacher`` is data (no teacher gradient); the reference takes its completed rows
+    (``reference.densify``)."""
     student = student_logits.detach().clone().requires_grad_(True)
-    teacher = teacher_logits.detach().clone().requires_grad_(teacher_grad)
     student64 = student_logits.detach().to(torch.float64).requires_grad_(True)
-    teacher64 = teacher_logits.detach().to(torch.float64).requires_grad_(teacher_grad)
+    given: torch.Tensor | SparseTeacher
+    if isinstance(teacher_logits, SparseTeacher):
+        teacher_grad = False
+        given = teacher_logits
+        teacher = teacher64 = reference.densify(*teacher_logits, student_logits.shape[-1])
+        teacher_dtype = teacher_logits.logprobs.dtype
+    else:
+        given = teacher = teacher_logits.detach().clone().requires_grad_(teacher_grad)
+        teacher64 = teacher_logits.detach().to(torch.float64).requires_grad_(teacher_grad)
+        teacher_dtype = teacher.dtype
 
     # (a tensor: no return_parts; the backend's name is checked by ldrld_loss)
-    loss = cast(torch.Tensor, ldrld_loss(student, teacher, target,
+    loss = cast(torch.Tensor, ldrld_loss(student, given, target,
                                          backend=cast(Backend, backend), **loss_kwargs))
     expected = reference.ldrld_loss(student64, teacher64, target, **loss_kwargs)
     upstream = torch.randn(expected.shape, dtype=torch.float64, generator=generator)
@@ -117,13 +128,14 @@ def compare_with_reference(
     grads = torch.autograd.grad(loss, inputs, upstream.to(loss.dtype))
     grads64 = torch.autograd.grad(expected, inputs64, upstream)
 
-    compute = torch.float64 if torch.float64 in (student.dtype, teacher.dtype) else torch.float32
+    compute = torch.float64 if torch.float64 in (student.dtype, teacher_dtype) \
+        else torch.float32
     eps = torch.finfo(compute).eps
     loss_terms, s_terms, t_terms = _conditioning(student64, teacher64, upstream, loss_kwargs)
     loss_err, loss_ok = _error(loss, expected, LOSS_TOLERANCES[compute], eps * loss_terms)
     s_err, s_ok = _error(grads[0], grads64[0], GRAD_TOLERANCES[student.dtype], eps * s_terms)
     t_err, t_ok = 0.0, True
     if teacher_grad:
-        t_err, t_ok = _error(grads[1], grads64[1], GRAD_TOLERANCES[teacher.dtype],
+        t_err, t_ok = _error(grads[1], grads64[1], GRAD_TOLERANCES[teacher_dtype],
                              eps * t_terms)
     return Comparison(loss_err, s_err, t_err, loss_ok and s_ok and t_ok)

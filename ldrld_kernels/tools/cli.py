@@ -1,7 +1,8 @@
 """The ``ldrld`` command.
 
 ``ldrld check`` compares every backend available here with the float64 reference on fresh
-random logits and prints a PASS/FAIL table; on a machine without a GPU the Triton kernels run
+random logits, against the teacher's logits and against its top-K (a sparse teacher), and
+prints a PASS/FAIL table; on a machine without a GPU the Triton kernels run
 under the Triton interpreter (TRITON_INTERPRET=1). ``ldrld bench`` times forward + backward
 of the backends over a sweep of shapes (see ``ldrld_kernels.tools.bench``). ``ldrld profile`` counts
 the sm_90 machine code of every kernel without a GPU (see ``ldrld_kernels.tools.profile``).
@@ -22,6 +23,7 @@ import torch
 
 from ldrld_kernels.backends import available
 from ldrld_kernels.config import BACKENDS
+from ldrld_kernels.sparse import SparseTeacher
 from ldrld_kernels.tools import bench, profile
 from ldrld_kernels.tools.check import compare_with_reference
 from ldrld_kernels.validation import MAX_K
@@ -63,11 +65,16 @@ def _unavailable(device: torch.device) -> str | None:
     return None
 
 
+def sparse_listed(num_classes: int, k: int) -> int:
+    """The top-K that ``ldrld check`` lists of a teacher row: 4 k, at most C."""
+    return min(num_classes, 4 * k)
+
+
 def run_check(args: argparse.Namespace) -> int:
     device = args.device
     backends = available(device) if args.backend == "all" else [args.backend]
     generator = torch.Generator().manual_seed(args.seed)
-    header = f"{'backend':8} {'dtype':9} {'rows x C, k':18} {'loss err':>10} " \
+    header = f"{'backend':8} {'dtype':9} {'rows x C, k (teacher)':26} {'loss err':>10} " \
              f"{'d student':>10} {'d teacher':>10}  result"
     print(header)
     print("-" * len(header))
@@ -80,19 +87,26 @@ def run_check(args: argparse.Namespace) -> int:
             teacher = (torch.randn(rows, classes, generator=generator) * scale).to(dtype)
             target = torch.randint(0, classes, (rows,), generator=generator)
             target[0] = -100
+            # the teacher's logits, and its top-K as a sparse teacher (log-probabilities in
+            # float32, float64 for float64 logits)
+            listed = sparse_listed(classes, k)
+            teachers = ((teacher.to(device), "logits"),
+                        (SparseTeacher(*(x.to(device) for x in SparseTeacher.from_logits(
+                            teacher, listed))), f"top-{listed}"))
             for backend in backends:
                 if backend == "triton" and dtype == torch.float64:
                     continue
-                result = compare_with_reference(
-                    student.to(device), teacher.to(device), target.to(device),
-                    backend=backend, generator=generator, k=k, temperature=4.0,
-                    alpha=10.5, beta=7.0,
-                )
-                failures += not result.passed
-                shape = f"{rows} x {classes}, {k}"
-                print(f"{backend:8} {dtype_name:9} {shape:18} {result.loss_err:10.2e} "
-                      f"{result.student_grad_err:10.2e} {result.teacher_grad_err:10.2e}  "
-                      f"{'PASS' if result.passed else 'FAIL'}", flush=True)
+                for given, label in teachers:
+                    result = compare_with_reference(
+                        student.to(device), given, target.to(device), backend=backend,
+                        generator=generator, k=k, temperature=4.0, alpha=10.5, beta=7.0)
+                    failures += not result.passed
+                    shape = f"{rows} x {classes}, {k} ({label})"
+                    d_teacher = f"{result.teacher_grad_err:10.2e}" if label == "logits" \
+                        else f"{'-':>10}"
+                    print(f"{backend:8} {dtype_name:9} {shape:26} {result.loss_err:10.2e} "
+                          f"{result.student_grad_err:10.2e} {d_teacher}  "
+                          f"{'PASS' if result.passed else 'FAIL'}", flush=True)
     print(f"{failures} failed" if failures else "all passed")
     return 1 if failures else 0
 

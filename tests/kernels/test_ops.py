@@ -27,6 +27,19 @@ def test_opcheck(with_target):
     assert set(result.values()) == {"SUCCESS"}, result
 
 
+@requires_triton
+@pytest.mark.parametrize("rank_by", ["student", "teacher"])
+def test_opcheck_sparse(rank_by):
+    student, teacher = (x.to(DEVICE) for x in random_logits(3, 50))
+    top = lk.SparseTeacher.from_logits(teacher, 12)
+    config = LossConfig(rank_by=rank_by)
+    for target, need in ((torch.tensor([1, -100, 4], device=DEVICE), True), (None, False)):
+        args = (student, *top, target, torch.tensor(0.5, device=DEVICE), *config.values(),
+                need)
+        result = torch.library.opcheck(ops.ldrld_sparse_rows, args)
+        assert set(result.values()) == {"SUCCESS"}, result
+
+
 def _models(num_classes: int):
     torch.manual_seed(0)
     student = torch.nn.Linear(16, num_classes).to(DEVICE)
@@ -83,6 +96,32 @@ def test_compiled_fused_linear_step_matches_eager(backend, reduction):
     torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-6)
     for got, want in zip((student.weight.grad, student.bias.grad), eager_grads, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.filterwarnings("error::UserWarning")
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("fused", [False, True])
+def test_compiled_step_with_a_sparse_teacher_matches_eager(backend, fused):
+    student, teacher, inputs, target = _models(100)
+    top = lk.SparseTeacher.from_logits(teacher(inputs).detach(), 16)
+
+    def loss_fn(x, y, ids, logprobs):
+        given = lk.SparseTeacher(ids, logprobs)
+        if fused:
+            return lk.ldrld_fused_linear_loss(x, student.weight, given, None, y,
+                                              student_bias=student.bias, chunk_rows=4,
+                                              backend=backend)
+        return lk.ldrld_loss(student(x), given, y, backend=backend)
+
+    eager = loss_fn(inputs, target, *top)
+    eager.backward()
+    eager_grad = student.weight.grad.clone()
+    student.weight.grad = None
+    torch._dynamo.reset()
+    compiled = torch.compile(loss_fn, fullgraph=True)(inputs, target, *top)
+    compiled.backward()
+    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(student.weight.grad, eager_grad, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.skipif(not hasattr(torch._dynamo.config, "trace_autograd_ops"),

@@ -1,6 +1,7 @@
 """Vocabulary-parallel LDRLD (``process_group=``) on CPU with gloo, in spawned processes: every
-rank's loss, parts and gradient slices against the single-process loss on the whole rows, on
-the PyTorch path and (under the Triton interpreter) on the Triton kernel.
+rank's loss, parts and gradient slices against the single-process loss on the whole rows (a
+sparse teacher's: against the reference on the completed rows), on the PyTorch path and
+(under the Triton interpreter) on the Triton kernel.
 
 One spawn per world size runs every case (starting processes is the slow part); each rank
 writes what failed to a file that the test reads.
@@ -18,6 +19,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import ldrld_kernels as lk
+from ldrld_kernels import reference
 from ldrld_kernels.pytorch import parallel
 from tests.helpers import half_gradient_problems, run_python
 
@@ -136,6 +138,66 @@ def _cases(rank: int, world: int, failures: list[str], backend: str) -> None:
                 failures.append(f"disagreeing {name}: {error}")
 
 
+def _sparse_compare(name, rank, widths, student, top, target, failures, backend, **options):
+    """The sharded call against a sparse teacher ``top`` (the same global ids on every rank)
+    on this rank's slice, against the reference on the completed rows (float64)."""
+    here = _slices(widths, rank)
+    if backend == "triton":
+        student, top = student.float(), lk.SparseTeacher(top.ids, top.logprobs.float())
+        name = f"triton {name}"
+    s = student[:, here].clone().requires_grad_()
+    out = lk.ldrld_loss(s, top, target, return_parts=True, backend=backend,
+                        process_group=dist.group.WORLD, **options)
+    out.loss.backward(torch.ones_like(out.loss))
+    s64 = student.double().clone().requires_grad_()
+    expected = reference.ldrld_loss(s64, reference.densify(*top, student.shape[1]), target,
+                                    return_parts=True, **options)
+    expected.loss.backward(torch.ones_like(expected.loss))
+    eps = 1e-9 if student.dtype == torch.float64 else 1e-5
+    for what, got, want in zip(("loss", "ce", "local", "rntk", "student grad"),
+                               (*out, s.grad), (*expected, s64.grad[:, here]), strict=True):
+        got, want = got.detach().double(), want.detach()
+        scale = max(1.0, float(want.abs().max()) if want.numel() else 0.0)
+        if not torch.allclose(got, want, rtol=eps, atol=eps * scale):
+            failures.append(f"sparse {name}: {what} differs by "
+                            f"{float((got - want).abs().max()):.3g}")
+
+
+def _sparse_cases(rank: int, world: int, failures: list[str], backend: str) -> None:
+    """A sparse teacher's top-K: K = k, between, C; ranked by either; every layout of
+    slices, one that holds none of a row's listed classes, and (Triton) wide slices."""
+    compare = functools.partial(_sparse_compare, backend=backend)
+    even = [40 // world + (i < 40 % world) for i in range(world)]
+    uneven = [5, 35] if world == 2 else [3, 30, 7]
+    empty = [0, 40] if world == 2 else [3, 0, 37]
+    student, teacher = _logits(4, 40, torch.float64, seed=21)
+    for listed in (7, 15, 40):
+        top = lk.SparseTeacher.from_logits(teacher, listed)
+        target = torch.tensor([3, -100, int(top.ids[2, 1]), 39])  # a listed target
+        for widths in (even, uneven, empty):
+            for rank_by in ("student", "teacher"):
+                compare(f"K={listed} {rank_by} {widths}", rank, widths, student, top, target,
+                        failures, rank_by=rank_by)
+    # every listed class in one rank's slice (the first rank holds none of them)
+    start = uneven[0]
+    logprobs = teacher.log_softmax(dim=-1)
+    ids = logprobs[:, start:].topk(12, dim=-1).indices + start
+    top = lk.SparseTeacher(ids, logprobs.gather(1, ids))
+    for rank_by in ("student", "teacher"):
+        compare(f"listed on one rank {rank_by}", rank, uneven, student, top,
+                torch.tensor([0, 1, 2, 3]), failures, rank_by=rank_by, temperature=2.0)
+    for reduction in ("sum", "none"):
+        compare(f"reduction {reduction}", rank, uneven, student,
+                lk.SparseTeacher.from_logits(teacher, 9), None, failures, reduction=reduction)
+    if backend == "triton":  # slices of several splits
+        student, teacher = _logits(3, 3001, torch.float32, seed=22)
+        widths = [1500, 1501] if world == 2 else [1000, 1201, 800]
+        for rank_by in ("student", "teacher"):
+            compare(f"wide {rank_by}", rank, widths, student,
+                    lk.SparseTeacher.from_logits(teacher, 64), torch.tensor([0, 1499, 3000]),
+                    failures, rank_by=rank_by, temperature=3.0)
+
+
 def _half_case(rank: int, world: int, failures: list[str], backend: str) -> None:
     """float16 gradients under GradScaler's factor, against the float64 call."""
     student, teacher = _logits(16, 1200, torch.float64, seed=9)
@@ -182,6 +244,40 @@ def _fused_linear_case(rank: int, world: int, failures: list[str], backend: str)
         scale = max(1.0, float(want.abs().max()) if want.numel() else 0.0)
         if not torch.allclose(got, want, rtol=tolerance, atol=tolerance * scale):
             failures.append(f"{backend} fused linear: {what} differs by "
+                            f"{float((got - want).abs().max()):.3g}")
+
+
+def _sparse_fused_linear_case(rank: int, world: int, failures: list[str], backend: str) -> None:
+    """``ldrld_fused_linear_loss`` against a sparse teacher, each rank with its rows of the
+    student's output layer: against one process with the whole layer."""
+    dtype = torch.float64 if backend == "torch" else torch.float32
+    generator = torch.Generator().manual_seed(13)
+    h_s = torch.randn(2, 5, 8, generator=generator, dtype=dtype)
+    w_s = torch.randn(40, 8, generator=generator, dtype=dtype)
+    b_s = torch.randn(40, generator=generator, dtype=dtype)
+    teacher = torch.randn(2, 5, 40, generator=generator, dtype=torch.float64) * 3
+    top = lk.SparseTeacher.from_logits(teacher.to(dtype), 12)
+    target = torch.randint(0, 40, (2, 5), generator=generator)
+    here = _slices([5, 35] if world == 2 else [3, 30, 7], rank)
+    results = []
+    for sharded in (True, False):
+        leaves = [h_s.clone().requires_grad_(),
+                  (w_s[here] if sharded else w_s).clone().requires_grad_(),
+                  (b_s[here] if sharded else b_s).clone().requires_grad_()]
+        out = lk.ldrld_fused_linear_loss(
+            leaves[0], leaves[1], top, None, target, student_bias=leaves[2], chunk_rows=4,
+            backend=backend, return_parts=True, rank_by="teacher",
+            process_group=dist.group.WORLD if sharded else None)
+        out.loss.backward()
+        results.append([out.loss, out.rntk, *(leaf.grad if sharded or i == 0
+                                               else leaf.grad[here]
+                                               for i, leaf in enumerate(leaves))])
+    tolerance = TOLERANCE[dtype]
+    for what, got, want in zip(("loss", "rntk", "hidden grad", "weight grad", "bias grad"),
+                               *results, strict=True):
+        scale = max(1.0, float(want.abs().max()))
+        if not torch.allclose(got, want, rtol=tolerance, atol=tolerance * scale):
+            failures.append(f"{backend} sparse fused linear: {what} differs by "
                             f"{float((got - want).abs().max()):.3g}")
 
 
@@ -241,8 +337,10 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
         backends = ["torch"] + (["triton"] if os.environ.get("TRITON_INTERPRET") == "1" else [])
         for backend in backends:
             _cases(rank, world, failures, backend)
+            _sparse_cases(rank, world, failures, backend)
             _device_check_cases(rank, world, failures, backend)
             _fused_linear_case(rank, world, failures, backend)
+            _sparse_fused_linear_case(rank, world, failures, backend)
             _half_case(rank, world, failures, backend)
         if world == 2:
             _ddp_step(rank, failures)

@@ -19,6 +19,9 @@ def test_compulsory_bytes():
     assert bench.compulsory_bytes(256, 1000, torch.float32, torch.float32) == 256 * 1000 * 12
     assert bench.compulsory_bytes(256, 1000, torch.bfloat16, torch.float32) == 256 * 1000 * 8
     assert bench.compulsory_bytes(8192, 32000, torch.bfloat16, torch.bfloat16) == 1_572_864_000
+    # a sparse teacher: its ids (int64) and log-probabilities instead of the teacher's logits
+    assert bench.compulsory_bytes(8192, 32000, torch.bfloat16, torch.float32, 64) == \
+        8192 * (32000 * 4 + 64 * 12)
 
 
 def test_quick_bench_table_and_files(tmp_path, capsys):
@@ -27,11 +30,13 @@ def test_quick_bench_table_and_files(tmp_path, capsys):
     captured = capsys.readouterr()
     assert code == 0
     lines = captured.out.splitlines()
-    assert lines[0].split() == ["shape", "rows", "x", "C", "dtype", "backend", "ms", "GB/s", "%",
-                                "copy", "x", "ref", "x", "compile", "peak", "MiB"]
+    assert lines[0].split() == ["shape", "rows", "x", "C", "dtype", "backend", "teacher", "MB",
+                                "ms", "GB/s", "%", "copy", "x", "ref", "x", "compile", "x",
+                                "logits", "peak", "MiB"]
     rows = [line for line in lines[2:] if line.startswith(("imagenet", "llm"))]
-    assert len(rows) == 8  # 2 shapes x 2 dtypes x (torch, reference)
-    assert "[8/8]" in captured.err and "device-to-device copy" in captured.err
+    # 2 shapes x 2 dtypes x (torch, torch on the top-64, reference)
+    assert len(rows) == 12
+    assert "[12/12]" in captured.err and "device-to-device copy" in captured.err
 
     report = json.loads((tmp_path / "run.json").read_text())
     assert set(report) == {"device", "card", "date", "versions", "copy_gbps", "quick",
@@ -39,19 +44,27 @@ def test_quick_bench_table_and_files(tmp_path, capsys):
     assert report["quick"] is True and report["copy_gbps"] > 0
     assert {"torch", "triton", "python", "ldrld_kernels"} <= set(report["versions"])
     first = report["results"][0]
-    assert set(first) == {"shape", "rows", "classes", "k", "dtype", "backend", "status",
-                          "median_ms", "gbps", "copy_fraction", "speedup_vs_reference",
-                          "speedup_vs_compile", "peak_memory_bytes"}
+    assert set(first) == {"shape", "rows", "classes", "k", "dtype", "backend", "teacher",
+                          "status", "median_ms", "gbps", "copy_fraction", "speedup_vs_reference",
+                          "speedup_vs_compile", "speedup_vs_logits", "compulsory_bytes",
+                          "peak_memory_bytes"}
     torch_rows = [r for r in report["results"] if r["backend"] == "torch"]
+    assert [r["teacher"] for r in torch_rows] == ["logits", "top-64"] * 4
     assert all(r["status"] == "ok" and r["median_ms"] > 0 for r in torch_rows)
     for r in torch_rows:
+        listed = 64 if r["teacher"] == "top-64" else 0
         nbytes = bench.compulsory_bytes(r["rows"], r["classes"], bench.DTYPES[r["dtype"]],
-                                        bench.DTYPES[r["dtype"]])
+                                        torch.float32 if listed else bench.DTYPES[r["dtype"]],
+                                        listed)
+        assert r["compulsory_bytes"] == nbytes
         assert r["gbps"] == pytest.approx(nbytes / r["median_ms"] / 1e6)
         assert r["speedup_vs_reference"] > 1
+        # the sparse teacher's row against the same backend on the logits, in the same run
+        assert (r["speedup_vs_logits"] is None) == (not listed)
+        assert r["peak_memory_bytes"] is None or r["peak_memory_bytes"] > 0
     with (tmp_path / "run.csv").open() as handle:
-        assert len(list(csv.DictReader(handle))) == 8
-    assert (tmp_path / "run.md").read_text().count("\n| ") == 9
+        assert len(list(csv.DictReader(handle))) == 12
+    assert (tmp_path / "run.md").read_text().count("\n| ") == 13
 
 
 def test_time_limit_skips_the_rest(capsys):

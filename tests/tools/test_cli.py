@@ -19,8 +19,10 @@ def test_check_passes_and_prints_a_table(capsys):
     assert code == 0
     assert "seed 3" in out and "all passed" in out
     rows = [line for line in out.splitlines() if line.startswith("torch ")]
-    assert len(rows) == 6 and all(line.endswith("PASS") for line in rows)
-    assert "3 x 300, 7" in out
+    # each shape and dtype against the teacher's logits and against its top-4k
+    assert len(rows) == 12 and all(line.endswith("PASS") for line in rows)
+    assert "3 x 300, 7 (logits)" in out and "3 x 300, 7 (top-28)" in out
+    assert "2 x 37, 3 (top-12)" in out
 
 
 @requires_triton
@@ -28,7 +30,7 @@ def test_check_runs_the_triton_backend(capsys):
     assert cli.main(["check", "--backend", "all", "--seed", "4", "--shape", "2x50x4",
                      "--dtype", "float32", "bfloat16"]) == 0
     out = capsys.readouterr().out
-    assert len([line for line in out.splitlines() if line.startswith("triton ")]) == 2
+    assert len([line for line in out.splitlines() if line.startswith("triton ")]) == 4
     assert "FAIL" not in out
 
 
@@ -82,11 +84,11 @@ def test_clean_bench_prints_only_progress_on_stderr(tmp_path):
     result = _run_cli("bench", "--quick", "--device", "cpu", "--out", str(tmp_path))
     assert result.returncode == 0, result.stderr
     progress = re.compile(r"^(.+: device-to-device copy [0-9.]+ GB/s"
-                          r"|\[\d+/\d+\] .+ \(\d+ x \d+\) \w+ [\w.]+: .+"
+                          r"|\[\d+/\d+\] .+ \(\d+ x \d+\) \w+ [\w.]+ (logits|top-\d+): .+"
                           r"|matplotlib is not installed .+: no plot)$")
     unexpected = [line for line in result.stderr.splitlines() if not progress.match(line)]
     assert unexpected == []
-    assert "[8/8]" in result.stderr
+    assert "[12/12]" in result.stderr
     # the default file name carries the time of day: a rerun never overwrites a result
     (json_file,) = tmp_path.glob("*.json")
     assert re.fullmatch(r".+-\d{4}-\d{2}-\d{2}-\d{6}\.json", json_file.name)

@@ -12,6 +12,7 @@ import torch
 # (reference: installed from reference/ by setuptools' package-dir, which mypy cannot see)
 from ldrld_kernels import backends, config, reference  # type: ignore[attr-defined]
 from ldrld_kernels.api import ldrld_loss
+from ldrld_kernels.sparse import SparseTeacher
 from ldrld_kernels.tools.bench.measure import free_memory_bytes, step_peak_memory_bytes
 
 
@@ -54,12 +55,29 @@ REFERENCE_MAX_ELEMENTS = 1 << 22
 WORKSPACE_TENSORS = {"triton": 4, "torch": 20, "torch.compile": 20, "reference": 130}
 
 
+# A sparse teacher's classes a row (its top-K, ``sparse``), at most C
+SPARSE_LISTED = 64
+
+# The backends that time a sparse teacher beside the teacher's logits: the loss's own
+SPARSE_BACKENDS = config.BACKENDS[1:]
+
+
 def compulsory_bytes(rows: int, classes: int, student_dtype: torch.dtype,
-                     teacher_dtype: torch.dtype) -> int:
-    """Read the student and the teacher logits once, write the student gradient once."""
+                     teacher_dtype: torch.dtype, listed: int = 0) -> int:
+    """Read the student and the teacher logits once, write the student gradient once; with
+    ``listed`` > 0, a sparse teacher's ids (int64) and log-probabilities (``teacher_dtype``)
+    instead of the teacher's logits."""
     student = torch.empty((), dtype=student_dtype).element_size()
     teacher = torch.empty((), dtype=teacher_dtype).element_size()
+    if listed:
+        return rows * (2 * classes * student + listed * (8 + teacher))
     return rows * classes * (2 * student + teacher)
+
+
+def sparse_teacher(teacher: torch.Tensor) -> SparseTeacher:
+    """The top ``SPARSE_LISTED`` (at most C) of the teacher's logits, log-probabilities in
+    float32: what a teacher run saves to disk."""
+    return SparseTeacher.from_logits(teacher, min(SPARSE_LISTED, teacher.shape[-1]))
 
 
 def make_inputs(shape: Shape, dtype: torch.dtype, device: torch.device, seed: int = 0,
@@ -91,7 +109,8 @@ def training_step(loss_fn, student, teacher, target, k):
 
 
 def peak_memory_bytes(backend: str, shape: Shape, device: torch.device,
-                      inputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> int | None:
+                      inputs: tuple[torch.Tensor, torch.Tensor | SparseTeacher, torch.Tensor]
+                      ) -> int | None:
     """Peak memory of one step beyond its inputs (``step_peak_memory_bytes``)."""
     return step_peak_memory_bytes(
         functools.partial(training_step, loss_function(backend), *inputs, shape.k), device)

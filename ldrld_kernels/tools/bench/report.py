@@ -11,8 +11,8 @@ from pathlib import Path
 
 from ldrld_kernels.tools.bench.sweep import Report
 
-COLUMNS = ("shape", "rows x C", "dtype", "backend", "ms", "GB/s", "% copy", "x ref",
-           "x compile", "peak MiB")
+COLUMNS = ("shape", "rows x C", "dtype", "backend", "teacher", "MB", "ms", "GB/s", "% copy",
+           "x ref", "x compile", "x logits", "peak MiB")
 
 
 def table_rows(report: Report) -> list[list[str]]:
@@ -22,11 +22,13 @@ def table_rows(report: Report) -> list[list[str]]:
     rows = []
     for r in report.results:
         rows.append([
-            r.shape, f"{r.rows} x {r.classes}", r.dtype, r.backend,
+            r.shape, f"{r.rows} x {r.classes}", r.dtype, r.backend, r.teacher,
+            fmt(None if r.compulsory_bytes is None else r.compulsory_bytes / 1e6, ".1f"),
             fmt(r.median_ms, ".3f") if r.status == "ok" else r.status,
             fmt(r.gbps, ".1f"), fmt(None if r.copy_fraction is None else 100 * r.copy_fraction,
                                    ".0f"),
             fmt(r.speedup_vs_reference, ".1f"), fmt(r.speedup_vs_compile, ".2f"),
+            fmt(r.speedup_vs_logits, ".2f"),
             fmt(None if r.peak_memory_bytes is None else r.peak_memory_bytes / 2**20, ".1f"),
         ])
     return rows
@@ -87,10 +89,13 @@ def _plot(report: Report, path: Path) -> Path | None:
     figure, axes = plt.subplots(figsize=(8, 5))
     for backend in dict.fromkeys(r.backend for r in report.results):
         for dtype in dict.fromkeys(r.dtype for r in report.results):
-            points = sorted((r.classes, r.gbps) for r in report.results
-                            if r.backend == backend and r.dtype == dtype and r.gbps)
-            if points:
-                axes.plot(*zip(*points, strict=True), marker="o", label=f"{backend} {dtype}")
+            for teacher in dict.fromkeys(r.teacher for r in report.results):
+                points = sorted((r.classes, r.gbps) for r in report.results
+                                if r.backend == backend and r.dtype == dtype
+                                and r.teacher == teacher and r.gbps)
+                label = f"{backend} {dtype}" + ("" if teacher == "logits" else " sparse")
+                if points:
+                    axes.plot(*zip(*points, strict=True), marker="o", label=label)
     axes.axhline(report.copy_gbps, color="grey", linestyle="--", label="device copy")
     axes.set_xscale("log")
     axes.set_yscale("log")

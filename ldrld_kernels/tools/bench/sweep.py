@@ -1,5 +1,6 @@
-"""The sweep: every (shape, dtype, backend) timed, its GB/s on the compulsory bytes, its share of
-the copy bandwidth and its speedups over the baselines measured in the same run."""
+"""The sweep: every (shape, dtype, backend) timed, against the teacher's logits and (the loss's
+backends) against its top-K, its GB/s on the compulsory bytes, its share of the copy bandwidth
+and its speedups over the baselines measured in the same run."""
 
 from __future__ import annotations
 
@@ -10,13 +11,17 @@ from datetime import datetime, timezone
 
 import torch
 
+from ldrld_kernels.sparse import SparseTeacher
 from ldrld_kernels.tools.bench.cases import (
     DTYPES,
+    SPARSE_BACKENDS,
+    SPARSE_LISTED,
     compulsory_bytes,
     loss_function,
     make_inputs,
     peak_memory_bytes,
     skip_reason,
+    sparse_teacher,
     training_step,
 )
 from ldrld_kernels.tools.bench.measure import card_name, copy_bandwidth_gbps, time_ms, versions
@@ -30,12 +35,15 @@ class Result:
     k: int
     dtype: str
     backend: str
+    teacher: str = "logits"  # or a sparse teacher's "top-K"
     status: str = "ok"
     median_ms: float | None = None
     gbps: float | None = None
     copy_fraction: float | None = None
     speedup_vs_reference: float | None = None
     speedup_vs_compile: float | None = None
+    speedup_vs_logits: float | None = None  # a sparse teacher's: the logits' time over its
+    compulsory_bytes: int | None = None
     peak_memory_bytes: int | None = None
 
 
@@ -60,15 +68,21 @@ def run_bench(shapes, dtype_names, backends, device: torch.device, quick: bool,
                     date=datetime.now(timezone.utc).strftime("%Y-%m-%d"), versions=versions(),
                     copy_gbps=copy_bandwidth_gbps(device, budget), quick=quick)
     log(f"{report.card}: device-to-device copy {report.copy_gbps:.1f} GB/s")
-    total = len(shapes) * len(dtype_names) * len(backends)
+    total = len(shapes) * len(dtype_names) * (
+        len(backends) + len([backend for backend in backends if backend in SPARSE_BACKENDS]))
     for shape in shapes:
         for dtype_name in dtype_names:
             dtype = DTYPES[dtype_name]
             inputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
             cases = []
-            for backend in backends:
+            # each backend against the teacher's logits, then (the loss's own backends)
+            # against their top-K, in the same run
+            plan = [(backend, listed) for backend in backends
+                    for listed in ((0, min(SPARSE_LISTED, shape.classes))
+                                   if backend in SPARSE_BACKENDS else (0,))]
+            for backend, listed in plan:
                 result = Result(shape.name, shape.rows, shape.classes, shape.k, dtype_name,
-                                backend)
+                                backend, f"top-{listed}" if listed else "logits")
                 cases.append(result)
                 reason = skip_reason(backend, shape, device)
                 if deadline is not None and time.monotonic() > deadline:
@@ -76,11 +90,15 @@ def run_bench(shapes, dtype_names, backends, device: torch.device, quick: bool,
                 if reason is None:
                     try:
                         inputs = inputs or make_inputs(shape, dtype, device)
-                        fn = functools.partial(training_step, loss_function(backend), *inputs,
+                        given: tuple[torch.Tensor, torch.Tensor | SparseTeacher,
+                                     torch.Tensor] = inputs
+                        if listed:
+                            given = (inputs[0], sparse_teacher(inputs[1]), inputs[2])
+                        fn = functools.partial(training_step, loss_function(backend), *given,
                                                shape.k)
                         result.median_ms = time_ms(fn, device, budget)
                         result.peak_memory_bytes = peak_memory_bytes(backend, shape, device,
-                                                                     inputs)
+                                                                     given)
                     except torch.cuda.OutOfMemoryError:
                         reason = "skipped: out of memory"
                         torch.cuda.empty_cache()
@@ -89,13 +107,15 @@ def run_bench(shapes, dtype_names, backends, device: torch.device, quick: bool,
                     result.median_ms = None
                 else:
                     assert result.median_ms is not None  # (measured: no reason to skip)
-                    nbytes = compulsory_bytes(shape.rows, shape.classes, dtype, dtype)
+                    nbytes = compulsory_bytes(shape.rows, shape.classes, dtype,
+                                              torch.float32 if listed else dtype, listed)
+                    result.compulsory_bytes = nbytes
                     result.gbps = nbytes / (result.median_ms * 1e-3) / 1e9
                     result.copy_fraction = result.gbps / report.copy_gbps
                 done = len(report.results) + len(cases)
                 timing = f"{result.median_ms:.3f} ms" if result.median_ms else result.status
                 log(f"[{done}/{total}] {shape.name} ({shape.rows} x {shape.classes}) "
-                    f"{dtype_name} {backend}: {timing}")
+                    f"{dtype_name} {backend} {result.teacher}: {timing}")
             _add_speedups(cases)
             report.results.extend(cases)
             del inputs
@@ -103,7 +123,9 @@ def run_bench(shapes, dtype_names, backends, device: torch.device, quick: bool,
 
 
 def _add_speedups(cases: list[Result]) -> None:
-    by_backend = {case.backend: case.median_ms for case in cases}
+    """Against the baselines on the teacher's logits; a sparse teacher's also against its
+    backend on the logits."""
+    by_backend = {case.backend: case.median_ms for case in cases if case.teacher == "logits"}
     for case in cases:
         if case.median_ms is None:
             continue
@@ -111,3 +133,5 @@ def _add_speedups(cases: list[Result]) -> None:
             case.speedup_vs_reference = reference_ms / case.median_ms
         if compile_ms := by_backend.get("torch.compile"):
             case.speedup_vs_compile = compile_ms / case.median_ms
+        if case.teacher != "logits" and (logits_ms := by_backend.get(case.backend)):
+            case.speedup_vs_logits = logits_ms / case.median_ms
