@@ -54,13 +54,13 @@ def _fused(tensors, target, **options):
         teacher_bias=tensors["teacher_bias"], return_parts=True, **options)
 
 
-def _check(tensors, target, chunk_rows, tolerance, **options):
-    """Loss, parts and the gradient of every input that requires grad, for an upstream
-    gradient other than 1 (a random vector for reduction="none")."""
-    leaves = [x for x in tensors.values() if x is not None and x.requires_grad]
+def _agree(leaves, fused, materialized, tolerance):
+    """``fused()`` and ``materialized()`` (each returns the parts) agree on the loss, the parts
+    and the gradient of every leaf, for an upstream gradient other than 1 (a random vector
+    for reduction="none")."""
     results = []
-    for loss_fn, extra in ((_fused, {"chunk_rows": chunk_rows}), (_materialized, {})):
-        out = loss_fn(tensors, target, **options, **extra)
+    for loss_fn in (fused, materialized):
+        out = loss_fn()
         generator = torch.Generator().manual_seed(5)
         upstream = torch.randn(out.loss.shape, generator=generator, dtype=torch.float64).to(
             out.loss) if out.loss.dim() else torch.tensor(1.7).to(out.loss)
@@ -70,6 +70,14 @@ def _check(tensors, target, chunk_rows, tolerance, **options):
         scale = max(1.0, float(want.detach().abs().max()))
         torch.testing.assert_close(got.double(), want.double(), rtol=tolerance,
                                    atol=tolerance * scale, msg=lambda m, i=index: f"[{i}] {m}")
+
+
+def _check(tensors, target, chunk_rows, tolerance, **options):
+    """The fused loss against the reference on the materialized logits, for every input that
+    requires grad."""
+    leaves = [x for x in tensors.values() if x is not None and x.requires_grad]
+    _agree(leaves, lambda: _fused(tensors, target, chunk_rows=chunk_rows, **options),
+           lambda: _materialized(tensors, target, **options), tolerance)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
@@ -291,26 +299,16 @@ def _check_sparse(tensors, top, target, chunk_rows, tolerance, **options):
     """Loss, parts and the student layer's gradients against the reference on the
     materialized student logits and the completed teacher rows."""
     leaves = [tensors[name] for name in ("student_hidden", "student_weight", "student_bias")]
-    results = []
-    for fused in (True, False):
-        if fused:
-            out = lk.ldrld_fused_linear_loss(leaves[0], leaves[1], top, None, target,
-                                             student_bias=leaves[2], chunk_rows=chunk_rows,
-                                             return_parts=True, **options)
-        else:
-            logits = leaves[0].double() @ leaves[1].double().T + leaves[2].double()
-            out = reference.ldrld_loss(logits, reference.densify(*top, logits.shape[-1]),
-                                       target, return_parts=True,
-                                       **{k: v for k, v in options.items() if k != "backend"})
-        upstream = torch.randn(out.loss.shape, generator=torch.Generator().manual_seed(5),
-                               dtype=torch.float64).to(out.loss) if out.loss.dim() \
-            else torch.tensor(1.7).to(out.loss)
-        grads = torch.autograd.grad((out.loss * upstream).sum(), leaves)
-        results.append([out.loss, out.ce, out.local, out.rntk, *grads])
-    for index, (got, want) in enumerate(zip(*results, strict=True)):
-        scale = max(1.0, float(want.detach().abs().max()))
-        torch.testing.assert_close(got.double(), want.double(), rtol=tolerance,
-                                   atol=tolerance * scale, msg=lambda m, i=index: f"[{i}] {m}")
+
+    def materialized():
+        logits = leaves[0].double() @ leaves[1].double().T + leaves[2].double()
+        return reference.ldrld_loss(logits, reference.densify(*top, logits.shape[-1]), target,
+                                    return_parts=True,
+                                    **{k: v for k, v in options.items() if k != "backend"})
+
+    _agree(leaves, lambda: lk.ldrld_fused_linear_loss(
+        leaves[0], leaves[1], top, None, target, student_bias=leaves[2], chunk_rows=chunk_rows,
+        return_parts=True, **options), materialized, tolerance)
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
