@@ -1,30 +1,20 @@
 """Distil a Hugging Face causal language model with LDRLD, from its hidden states.
 
 Two tiny Llama models are built from configs (randomly initialised, nothing downloaded): a
-teacher, first trained on a toy next-token task, and a smaller student distilled from it.
-``LDRLDDistillation.compute_loss`` has the signature of ``transformers.Trainer.compute_loss``
-(and TRL's trainers, which inherit it), so it drops into a trainer as a mixin:
+teacher, first trained on a toy next-token task, and a smaller student distilled from it
+with ``ldrld_kernels.integrations.hf.LDRLDDistillation.compute_loss``, which has the
+signature of ``transformers.Trainer.compute_loss`` (and TRL's trainers, which inherit it),
+so that it drops into a trainer as a mixin:
 
     class DistillTrainer(LDRLDDistillation, transformers.Trainer):
         pass
 
     trainer = DistillTrainer(model=student, teacher=teacher, args=..., train_dataset=...)
 
-What it computes, per batch: the labels shifted by one (the hidden state at position i
-predicts the token at i + 1), positions labelled -100 ignored; the student's and the
-teacher's last hidden states and output layers go to ``ldrld_fused_linear_loss``, so that
-the (batch x sequence x vocabulary) logits are never materialized. With the trainer's
-``num_items_in_batch`` (the counted tokens of the whole gradient-accumulation step) the loss
-is the sum over this batch's counted tokens divided by it, as the trainer's own loss is;
-without it, the mean over this batch's counted tokens.
-
 Offline (``--offline PATH``): the teacher runs once over a corpus and its top-K at every
 position goes to a file (``save_teacher_top_k``: ids as int32, log-probabilities as float16,
 6 K bytes a token instead of 2 C for bfloat16 logits); the student then trains from that
-file alone, no teacher in memory: ``LDRLDDistillation(teacher=None)`` reads each batch's
-``teacher_ids`` and ``teacher_logprobs`` and passes ``lk.SparseTeacher(ids, logprobs)`` in
-the teacher's output layer's place. (With ``transformers.Trainer``, keep those columns:
-``TrainingArguments(remove_unused_columns=False)``.)
+file alone, no teacher in memory (``LDRLDDistillation(teacher=None)``).
 
     python examples/hf_causal_lm_distill.py          # a few hundred steps, about a minute
     python examples/hf_causal_lm_distill.py --offline teacher_top16.pt
@@ -41,67 +31,16 @@ import sys
 
 import torch
 
-import ldrld_kernels as lk
+from ldrld_kernels.integrations.hf import (
+    LDRLDDistillation,
+    load_teacher_top_k,
+    save_teacher_top_k,
+)
 
 try:
     import transformers
 except ImportError:  # pragma: no cover (the test skips without it)
     transformers = None
-
-
-def _decoder_and_head(model):
-    """The transformer body (hidden states, after its final norm) and the output layer."""
-    return model.get_decoder(), model.get_output_embeddings()
-
-
-class LDRLDDistillation:
-    """``compute_loss`` for a causal LM student and a frozen ``teacher``, or with
-    ``teacher=None`` the teacher's top-K saved offline, in each batch (``save_teacher_top_k``);
-    ``ldrld_options`` are ``ldrld_loss`` keywords (the cross-entropy with the labels included,
-    ``ce_weight``). ``fused=False`` materializes the logits and calls ``ldrld_loss`` instead
-    (the same loss; the test compares the two)."""
-
-    def __init__(self, *args, teacher=None, ldrld_options: dict | None = None,
-                 fused: bool = True, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.teacher = None if teacher is None else teacher.eval().requires_grad_(False)
-        self.ldrld_options = {"k": 7, "temperature": 2.0, "ignore_index": -100,
-                              **(ldrld_options or {})}
-        self.fused = fused
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        labels = inputs["labels"][:, 1:]  # position i predicts the token at i + 1
-        body = {"input_ids": inputs["input_ids"], "attention_mask": inputs.get("attention_mask")}
-        reduction = "mean" if num_items_in_batch is None else "sum"
-        offline = self.teacher is None  # (the teacher's top-K, from the batch)
-        if offline:
-            saved = lk.SparseTeacher(inputs["teacher_ids"], inputs["teacher_logprobs"])
-        if self.fused:
-            decoder, head = _decoder_and_head(model)
-            hidden = decoder(**body).last_hidden_state[:, :-1]
-            if offline:
-                teacher_layer = (saved, None, None)
-            else:
-                teacher_decoder, teacher_head = _decoder_and_head(self.teacher)
-                with torch.no_grad():
-                    teacher_hidden = teacher_decoder(**body).last_hidden_state[:, :-1]
-                teacher_layer = (teacher_hidden, teacher_head.weight, teacher_head.bias)
-            loss = lk.ldrld_fused_linear_loss(
-                hidden, head.weight, teacher_layer[0], teacher_layer[1], labels,
-                student_bias=head.bias, teacher_bias=teacher_layer[2], reduction=reduction,
-                **self.ldrld_options)
-        else:
-            logits = model(**body).logits[:, :-1]
-            if offline:
-                teacher_logits = saved
-            else:
-                with torch.no_grad():
-                    teacher_logits = self.teacher(**body).logits[:, :-1]
-            loss = lk.ldrld_loss(logits, teacher_logits, labels, reduction=reduction,
-                                 **self.ldrld_options)
-        if num_items_in_batch is not None:
-            loss = loss / num_items_in_batch
-        return (loss, None) if return_outputs else loss
 
 
 def tiny_llama(hidden: int, layers: int, vocab: int = 64, seed: int = 0):
@@ -125,30 +64,6 @@ def toy_batch(batch: int, length: int, vocab: int, generator: torch.Generator) -
     attention_mask[torch.arange(length) >= lengths[:, None]] = 0
     labels = torch.where(attention_mask.bool(), input_ids, -100)
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
-
-
-def save_teacher_top_k(teacher, batches: list[dict], path: str, top_k: int,
-                       dtype: torch.dtype = torch.float16) -> None:
-    """Run ``teacher`` once over ``batches`` and save each with the teacher's top-``top_k`` at
-    every position that predicts a token (``(batch, length - 1, top_k)``): ids as int32,
-    log-probabilities at temperature 1 in ``dtype``."""
-    records = []
-    teacher.eval()
-    with torch.no_grad():
-        for batch in batches:
-            logits = teacher(input_ids=batch["input_ids"],
-                             attention_mask=batch["attention_mask"]).logits[:, :-1]
-            top = lk.SparseTeacher.from_logits(logits, top_k)
-            records.append({**batch, "teacher_ids": top.ids.to(torch.int32),
-                            "teacher_logprobs": top.logprobs.to(dtype)})
-    torch.save({"top_k": top_k, "batches": records}, path)
-
-
-def load_teacher_top_k(path: str) -> list[dict]:
-    """``save_teacher_top_k``'s batches, the ids as int64 (what ``SparseTeacher`` takes)."""
-    saved = torch.load(path)
-    return [{**batch, "teacher_ids": batch["teacher_ids"].long()}
-            for batch in saved["batches"]]
 
 
 def train(model, loss_fn, steps: int, vocab: int, seed: int, lr: float = 3e-3,

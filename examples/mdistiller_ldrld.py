@@ -1,111 +1,79 @@
-"""An LDRLD distiller in mdistiller's shape (github.com/megvii-research/mdistiller), importable
-without mdistiller.
+"""LDRLD in mdistiller's training loop (github.com/megvii-research/mdistiller).
 
-mdistiller's models return ``(logits, features)``; its distillers subclass ``Distiller`` and
-return, from ``forward_train(image, target, **kwargs)``, the student's logits and a dict of
-losses that its trainer sums. To use this one there, copy ``LDRLD`` into
-``mdistiller/distillers/``, register it in ``distiller_dict`` and add the ``CFG.LDRLD`` block
-of ``CFG_DEFAULTS`` to ``mdistiller/engine/cfg.py``:
+In an mdistiller checkout, ``tools/train.py`` needs two lines before it merges the YAML
+config:
 
-    CFG.LDRLD = CN()
-    CFG.LDRLD.TOPK = 7
-    CFG.LDRLD.TEMPERATURE = 4.0
-    CFG.LDRLD.WARMUP = 20
-    CFG.LDRLD.LOSS = CN()
-    CFG.LDRLD.LOSS.CE_WEIGHT = 1.0
-    CFG.LDRLD.LOSS.ALPHA = 10.5        # the local (dense pair + top-k) term
-    CFG.LDRLD.LOSS.BETA = 7.0          # the remaining non-target classes
-    CFG.LDRLD.ADW = CN()
-    CFG.LDRLD.ADW.SCALE = 2.0
-    CFG.LDRLD.ADW.DECAY = 0.05
-    CFG.LDRLD.ADW.OFFSET = 1.5
+    from ldrld_kernels.integrations.mdistiller import register
+    register()   # distiller_dict["LDRLD"] and the CFG.LDRLD block
 
-``loss_ce + loss_kd`` is exactly ``ldrld_loss(...)`` with these settings (the CE term is
-split off so that mdistiller logs it; the warm-up, as mdistiller's DKD does, scales the
-distillation terms by min(epoch / WARMUP, 1)).
+and a config then says ``DISTILLER.TYPE: "LDRLD"`` (and sets ``LDRLD.*`` as it likes). This
+script runs mdistiller's step without mdistiller: the distiller returns the student's logits
+and ``{"loss_ce", "loss_kd"}``, the trainer sums the losses (``loss_kd`` warmed up over
+``CFG.LDRLD.WARMUP`` epochs), on models that return ``(logits, features)`` as mdistiller's do:
+
+    python examples/mdistiller_ldrld.py
 """
 
 from __future__ import annotations
 
-from types import SimpleNamespace
+import argparse
 
 import torch
+from torch import nn
 
-import ldrld_kernels as lk
-
-try:  # inside mdistiller
-    from mdistiller.distillers._base import Distiller
-except ImportError:  # standalone: the same interface
-    class Distiller(torch.nn.Module):
-        """mdistiller's base: a student that trains and a teacher that stays in eval mode."""
-
-        def __init__(self, student: torch.nn.Module, teacher: torch.nn.Module):
-            super().__init__()
-            self.student = student
-            self.teacher = teacher
-
-        def train(self, mode: bool = True):
-            if not isinstance(mode, bool):
-                raise TypeError("training mode is expected to be boolean")
-            self.training = mode
-            for module in self.children():
-                module.train(mode)
-            self.teacher.eval()
-            return self
-
-        def get_learnable_parameters(self):
-            return [value for _, value in self.student.named_parameters()]
-
-        def get_extra_parameters(self):
-            return 0
-
-        def forward_train(self, **kwargs):
-            raise NotImplementedError
-
-        def forward_test(self, image):
-            return self.student(image)[0]
-
-        def forward(self, **kwargs):
-            if self.training:
-                return self.forward_train(**kwargs)
-            return self.forward_test(kwargs["image"])
+from ldrld_kernels.integrations.mdistiller import CFG_DEFAULTS, LDRLD
 
 
-CFG_DEFAULTS = SimpleNamespace(LDRLD=SimpleNamespace(
-    TOPK=7, TEMPERATURE=4.0, WARMUP=20,
-    LOSS=SimpleNamespace(CE_WEIGHT=1.0, ALPHA=10.5, BETA=7.0),
-    ADW=SimpleNamespace(SCALE=2.0, DECAY=0.05, OFFSET=1.5),
-))
+class WithFeatures(nn.Module):
+    """An MLP that returns ``(logits, features)``, as mdistiller's models do."""
+
+    def __init__(self, inputs: int, width: int, classes: int, seed: int):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.body = nn.Sequential(nn.Linear(inputs, width), nn.ReLU())
+        self.head = nn.Linear(width, classes)
+
+    def forward(self, x):
+        feature = self.body(x)
+        return self.head(feature), {"pooled_feat": feature, "feats": [feature]}
 
 
-def ldrld_options(cfg) -> dict:
-    """The ``ldrld_loss`` keywords of a ``CFG.LDRLD`` block (without the CE weight)."""
-    block = cfg.LDRLD
-    return {"k": block.TOPK, "temperature": block.TEMPERATURE, "alpha": block.LOSS.ALPHA,
-            "beta": block.LOSS.BETA, "adw_scale": block.ADW.SCALE,
-            "adw_decay": block.ADW.DECAY, "adw_offset": block.ADW.OFFSET}
+def train(distiller: LDRLD, epochs: int, steps: int, inputs: int, classes: int) -> list[dict]:
+    """mdistiller's trainer, reduced: SGD on the student, the sum of the distiller's losses;
+    the mean of each loss per epoch."""
+    optimizer = torch.optim.SGD(distiller.get_learnable_parameters(), lr=0.05, momentum=0.9)
+    generator = torch.Generator().manual_seed(0)
+    log = []
+    for epoch in range(1, epochs + 1):
+        distiller.train()
+        totals = {"loss_ce": 0.0, "loss_kd": 0.0}
+        for _ in range(steps):
+            image = torch.randn(32, inputs, generator=generator)
+            target = torch.randint(0, classes, (32,), generator=generator)
+            _, losses_dict = distiller(image=image, target=target, epoch=epoch)
+            loss = sum(value.mean() for value in losses_dict.values())
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            for name, value in losses_dict.items():
+                totals[name] += value.item() / steps
+        log.append(totals)
+    return log
 
 
-class LDRLD(Distiller):
-    """Local Dense Relational Logit Distillation (Xu et al., ICCV 2025) for mdistiller."""
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=10)
+    args = parser.parse_args(argv)
+    inputs, classes = 48, 100
+    distiller = LDRLD(WithFeatures(inputs, 16, classes, seed=1),
+                      WithFeatures(inputs, 64, classes, seed=0), CFG_DEFAULTS)
+    log = train(distiller, args.epochs, args.steps, inputs, classes)
+    for epoch, totals in enumerate(log, 1):
+        print(f"epoch {epoch}: loss_ce {totals['loss_ce']:.4f}, loss_kd {totals['loss_kd']:.4f}")
+    return log
 
-    def __init__(self, student: torch.nn.Module, teacher: torch.nn.Module, cfg=CFG_DEFAULTS):
-        super().__init__(student, teacher)
-        self.ce_loss_weight = cfg.LDRLD.LOSS.CE_WEIGHT
-        self.warmup = cfg.LDRLD.WARMUP
-        self.options = ldrld_options(cfg)
 
-    def forward_train(self, image, target, **kwargs):
-        logits_student, _ = self.student(image)
-        with torch.no_grad():
-            logits_teacher, _ = self.teacher(image)
-        # the distillation terms (ce_weight 0); the cross-entropy apart, as mdistiller logs it
-        loss_kd = lk.ldrld_loss(logits_student, logits_teacher, target, ce_weight=0.0,
-                                **self.options)
-        warmup = min(kwargs["epoch"] / self.warmup, 1.0) if "epoch" in kwargs else 1.0
-        losses_dict = {
-            "loss_ce": self.ce_loss_weight * torch.nn.functional.cross_entropy(
-                logits_student.float(), target),
-            "loss_kd": warmup * loss_kd,
-        }
-        return logits_student, losses_dict
+if __name__ == "__main__":
+    main()
