@@ -15,7 +15,7 @@ import torch
 
 from ldrld_kernels.backends import resolve_backend, rows_function, teacher_dtype
 from ldrld_kernels.config import Backend, CallOptions, LossConfig, RankBy, Reduction
-from ldrld_kernels.pytorch import parallel
+from ldrld_kernels.pytorch import dtensor, parallel
 from ldrld_kernels.sparse import SparseTeacher
 from ldrld_kernels.validation import check_sparse_values, check_target_values, validate
 
@@ -148,7 +148,7 @@ def ldrld_loss(
 
     Args:
         student_logits: ``(..., C)`` float32, float16 or bfloat16 (float64 on the PyTorch
-            path); any strides.
+            path); any strides. Or a DTensor placed ``Shard(-1)`` (see DTensors below).
         teacher_logits: ``(..., C)``, same shape and device; may differ in dtype. Gets a
             gradient when it requires grad (online / mutual distillation). Or a teacher
             saved offline, ``SparseTeacher(ids, logprobs)``: its top-K classes ``(..., K)``
@@ -173,10 +173,24 @@ def ldrld_loss(
             ``(..., C_rank)`` of both logits, in rank order (slices may differ in width), and
             the same ``target`` of global class ids; every rank gets the same loss and the
             gradient of its slice. Each rank runs its slice on the backend chosen as
-            without a group (``kernels.sharded`` for Triton).
+            without a group (``kernels.sharded`` for Triton). Not needed with DTensors; if
+            given, it must span the ranks of their mesh (``ValueError`` otherwise).
+
+    DTensors (PyTorch tensor parallelism, ``pytorch.dtensor``): the student's and the
+    teacher's logits may be DTensors placed ``(Shard(-1),)`` (split along the classes) on the
+    same 1-D device mesh, as a torchtitan-style output layer leaves them; ``target`` (and a
+    ``SparseTeacher``'s ids and logprobs, global class ids) are then plain tensors or DTensors
+    placed ``(Replicate(),)``. The call is the ``process_group`` one on their local slices over
+    the mesh's group (``device_mesh.get_group()``); the slices follow ``torch.chunk`` as
+    ``Shard`` does: ceil(C / n) classes per rank, the last ones narrower or empty. The loss
+    (its row losses for ``"none"``, and the parts) is a plain tensor, the same on every rank;
+    the gradients reach the DTensors as DTensors of their placement. Any other placement
+    (``Replicate``, ``Partial``, ``Shard`` of another dim, a mesh of more dims) is a
+    ``ValueError``; DTensor logits beside plain ones, a ``TypeError``.
 
     Returns:
-        The loss, float32 (float64 for float64 inputs), or an ``LDRLDOutput``.
+        The loss, float32 (float64 for float64 inputs), or an ``LDRLDOutput``; plain
+        tensors for DTensor logits too.
 
     Example::
 
@@ -201,10 +215,12 @@ class _Call(NamedTuple):
 
 
 def prepare(student_logits: torch.Tensor, teacher_logits: torch.Tensor | SparseTeacher,
-            target: torch.Tensor | None, config: LossConfig, options: CallOptions) -> _Call:
+            target: torch.Tensor | None, config: LossConfig, options: CallOptions,
+            chunks_of: int | None = None) -> _Call:
     """Validate a call on ``(..., C)`` logits (or stand-ins of their shape, dtype and device),
     agree with the other ranks of ``options.process_group``, choose the backend, and the
-    mean's scale: shared by ``ldrld_loss`` and ``fused_linear``."""
+    mean's scale: shared by ``ldrld_loss`` and ``fused_linear``. ``chunks_of``: the row's C
+    when the slices are a DTensor's (``parallel.shard_of``)."""
     process_group = options.process_group
     validate(student_logits, teacher_logits, target, k=config.k,
              vocab_slice=process_group is not None)  # (then shard_of checks k against C)
@@ -213,7 +229,7 @@ def prepare(student_logits: torch.Tensor, teacher_logits: torch.Tensor | SparseT
     if process_group is not None:
         # one small all-gather, which also checks that the ranks agree
         shard = parallel.shard_of(student_logits, process_group, rows, config.k,
-                                  config.temperature, target is not None)
+                                  config.temperature, target is not None, chunks_of)
     backend = resolve_backend(options.backend, student_logits, teacher_logits)
     num_classes = student_logits.shape[-1] if shard is None else shard.num_classes
     flat_target = None
@@ -245,7 +261,13 @@ def output(loss: torch.Tensor, parts: torch.Tensor, lead: torch.Size, reduction:
 def _loss(student_logits, teacher_logits, target, config: LossConfig,
           options: CallOptions) -> torch.Tensor | LDRLDOutput:
     """``ldrld_loss`` with its keywords checked (``config``)."""
-    call = prepare(student_logits, teacher_logits, target, config, options)
+    local = dtensor.local_arguments(student_logits, teacher_logits, target,
+                                    options.process_group)
+    chunks_of = None
+    if local is not None:  # DTensors: their local slices over the mesh's group
+        student_logits, teacher_logits, target, group, chunks_of = local
+        options = dataclasses.replace(options, process_group=group)
+    call = prepare(student_logits, teacher_logits, target, config, options, chunks_of)
     lead, num_classes = student_logits.shape[:-1], student_logits.shape[-1]
     # (the row count spelled out: a rank's slice of the classes may be empty)
     rows = math.prod(lead)

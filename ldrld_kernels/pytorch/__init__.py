@@ -5,4 +5,6 @@
 - ``selection``: each row's top-k in rank order, ties to the smaller class.
 - ``parallel``: vocabulary parallel over ``torch.distributed`` (the ranks' agreement, the
   global top-k); the Triton path's sharded launcher (``kernels.sharded``) uses it too.
+- ``dtensor``: DTensor logits placed ``Shard(-1)`` on a 1-D mesh (PyTorch's tensor
+  parallelism) as ``parallel``'s call on their local slices, over the mesh's group.
 """

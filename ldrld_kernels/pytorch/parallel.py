@@ -1,6 +1,6 @@
 """Vocabulary-parallel LDRLD over ``torch.distributed``: each rank holds a contiguous slice of
 the classes of every row (a tensor-parallel LM head, as Megatron-LM splits it), never the
-full row.
+full row. DTensors placed ``Shard(-1)`` come here as their local slices (``dtensor``).
 
 With u = s / T and v = t / T, what crosses ranks per row (``vectorized.ldrld_rows`` runs the
 rest locally, on each rank's slice):
@@ -73,14 +73,26 @@ def checks_on_host(group: ProcessGroup, device: torch.device) -> bool:
     return device.type == "cpu" or "gloo" in backend or "mpi" in backend
 
 
+def chunk_widths(num_classes: int, world: int) -> list[int]:
+    """The slices' widths, rank by rank, of ``torch.chunk``'s layout of C classes, which a
+    DTensor placed ``Shard(-1)`` has: ceil(C / world) each, the last ones narrower or empty."""
+    size = -(-num_classes // world)
+    return [min(size, max(0, num_classes - rank * size)) for rank in range(world)]
+
+
 def shard_of(student: torch.Tensor, group: ProcessGroup, rows: int, k: int, temperature: float,
-             has_target: bool) -> Shard:
+             has_target: bool, chunks_of: int | None = None) -> Shard:
     """This rank's ``Shard``, after one small all-gather that checks that every rank passes
     the same row count, k, temperature and target presence, and that 2 <= k < C. On host
     tensors (``checks_on_host``): a ``ValueError`` on every rank when they do not, never a
     hang in a later collective. Otherwise (an NCCL-only group) the gather runs on the device
     and the check is an asynchronous assertion, like the target check on an accelerator:
-    no host synchronisation, and a disagreement surfaces as a device-side error."""
+    no host synchronisation, and a disagreement surfaces as a device-side error.
+
+    ``chunks_of``: the whole row's C when the slices must be ``chunk_widths(C, world)`` (the
+    local slices of a DTensor placed ``Shard(-1)``), checked the same way (one made by
+    ``DTensor.from_local`` with another layout fails here); the offset and C are then host
+    numbers on every group."""
     local = student.shape[-1]
     host = checks_on_host(group, student.device)
     values = (rows, local, k, temperature, float(has_target))
@@ -103,6 +115,14 @@ def shard_of(student: torch.Tensor, group: ProcessGroup, rows: int, k: int, temp
                             "ldrld_loss: the ranks of process_group disagree on the row count, "
                             "k, temperature or target presence")
         widths = table[:, 1].long()
+        if chunks_of is not None:
+            size = -(-chunks_of // len(widths))
+            expected = (chunks_of - torch.arange(len(widths), device=widths.device) * size)
+            torch._assert_async((widths == expected.clamp(0, size)).all(),
+                                "ldrld_loss: the DTensors' local slices are not torch.chunk's "
+                                "layout of their classes (Shard(-1))")
+            check_k(k, chunks_of)
+            return Shard(group, min(rank * size, chunks_of), local, chunks_of)
         num_classes = widths.sum()
         torch._assert_async(num_classes > k, "ldrld_loss: k must satisfy k < C")
         return Shard(group, widths[:rank].sum(), local, num_classes)
@@ -112,6 +132,12 @@ def shard_of(student: torch.Tensor, group: ProcessGroup, rows: int, k: int, temp
             raise ValueError(f"ldrld_loss: the ranks of process_group disagree on the {name}: "
                              f"{ranks_values} (rank by rank)")
     host_widths = [int(width) for width in table[:, 1].tolist()]
+    layout = None if chunks_of is None else chunk_widths(chunks_of, len(host_widths))
+    if layout is not None and host_widths != layout:
+        raise ValueError(f"ldrld_loss: the DTensors' local slices have {host_widths} classes "
+                         f"(rank by rank), not torch.chunk's {layout} of their {chunks_of} "
+                         "classes, as Shard(-1) lays them out (a DTensor made by from_local "
+                         "with another shape?)")
     check_k(k, sum(host_widths))
     return Shard(group, sum(host_widths[:rank]), local, sum(host_widths))
 
