@@ -3,13 +3,19 @@
 Language-model distillation has rows = tokens and C = the vocabulary: the student's and the
 teacher's logits of a batch are gigabytes each. ``ldrld_fused_linear_loss`` takes the hidden
 states and the output layers instead and computes, one chunk of rows at a time,
-    logits = h W^T + b            (the student's and the teacher's)
+    z = h W^T + b                 (the student's and the teacher's, rows [0, V) of W and b)
+    logits = softcap(scale z),    softcap(x) = cap tanh(x / cap)   (``Transform``; none
+                                  when scale = 1 and cap = None: logits = z)
     the row losses and d loss / d logits   (the row kernels: Triton on CUDA, else PyTorch)
-    d/dh = (d/dlogits) W,   d/dW += (d/dlogits)^T h,   d/db += sum over rows of d/dlogits,
-then frees the chunk's logits. The row kernels compute the gradients of the logits in the
-forward pass already, so the gradients of every input are known when the forward pass ends;
-the backward pass multiplies them by the upstream gradient (for ``reduction="none"`` that
-gradient is a vector only known then: the backward pass runs the chunks again with it).
+    d/dz = d/dlogits * scale (1 - tanh(scale z / cap)^2)   (d/dlogits * scale without a cap)
+    d/dh = (d/dz) W,   d/dW += (d/dz)^T h,   d/db += sum over rows of d/dz,
+then frees the chunk's logits. The transform and its slope are computed in float32 (float64
+for float64 layers), and the row kernels take those logits. V (``num_classes``) is the
+layers' row count, or fewer where a layer pads the vocabulary: its padded rows get a zero
+gradient. The row kernels compute the gradients of the logits in the forward pass already,
+so the gradients of every input are known when the forward pass ends; the backward pass
+multiplies them by the upstream gradient (for ``reduction="none"`` that gradient is a vector
+only known then: the backward pass runs the chunks again with it).
 
 Memory: O(chunk_rows x C) for a chunk's logits and their gradients, plus the gradients of
 the inputs (d/dW accumulated in float32), independent of the row count. The mean's row count
@@ -22,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -33,6 +39,7 @@ from ldrld_kernels.backends import rows_function
 from ldrld_kernels.config import Backend, CallOptions, LossConfig, RankBy, Reduction
 from ldrld_kernels.pytorch import parallel
 from ldrld_kernels.sparse import SparseTeacher
+from ldrld_kernels.validation import check_int, check_real
 
 # ``chunk_rows="auto"``: one chunk's logits and their gradients take at most this many bytes
 CHUNK_BYTES = {"cuda": 1 << 30, "cpu": 256 << 20}
@@ -53,12 +60,48 @@ def auto_chunk_rows(rows: int, num_classes: int, itemsize: int, teacher_grad: bo
     return max(1, min(chunk, rows))
 
 
+class Transform(NamedTuple):
+    """What an output layer does to its logits z: ``softcap(scale * z)``, ``softcap(x) =
+    cap * tanh(x / cap)`` (no cap: the identity). Cohere's ``logit_scale``, Granite's
+    1 / ``logits_scaling``, Gemma-2's ``final_logit_softcapping``."""
+
+    scale: float
+    cap: float | None
+
+    @classmethod
+    def of(cls, who: str, scale: float, cap: float | None) -> Transform | None:
+        """The transform of ``{who}_logit_scale`` and ``{who}_softcap``, checked; None for the
+        identity (scale 1, no cap), which runs the layer exactly as without them."""
+        check_real(f"{who}_logit_scale", scale, positive=True,
+                   function="ldrld_fused_linear_loss")
+        if cap is not None:
+            check_real(f"{who}_softcap", cap, positive=True, function="ldrld_fused_linear_loss")
+        if scale == 1.0 and cap is None:
+            return None
+        return cls(float(scale), None if cap is None else float(cap))
+
+    def apply(self, z: torch.Tensor, slope: bool) -> tuple[torch.Tensor, Any]:
+        """The logits of a chunk's ``z`` in float32 at least, and with ``slope`` d logits / d z
+        (the scale, a float, without a cap; else a tensor like the logits), or None. ``z`` is
+        the caller's to overwrite (one chunk-sized temporary fewer per step)."""
+        x = z.to(torch.promote_types(z.dtype, torch.float32))  # (z itself when it is wide)
+        if self.scale != 1.0:
+            x.mul_(self.scale)
+        if self.cap is None:
+            return x, self.scale if slope else None
+        tanh = x.div_(self.cap).tanh_()
+        derivative = tanh.square().neg_().add_(1.0).mul_(self.scale) if slope else None
+        return tanh.mul_(self.cap), derivative
+
+
 class _Linear:
-    """One model's output layer and its inputs, 2-D, with the gradients to accumulate."""
+    """One model's output layer and its inputs, 2-D, with the gradients to accumulate, and
+    the transform of its logits (None: none)."""
 
     def __init__(self, hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                 needs: tuple[bool, bool, bool]):
+                 needs: tuple[bool, bool, bool], transform: Transform | None = None):
         self.hidden, self.weight, self.bias = hidden, weight, bias
+        self.transform = transform
         self.needs_grad = any(needs)
         accumulate = torch.float64 if weight.dtype == torch.float64 else torch.float32
         self.grad_hidden = torch.empty(hidden.shape, dtype=hidden.dtype, device=hidden.device) \
@@ -72,8 +115,11 @@ class _Linear:
     def dtype(self) -> torch.dtype:
         return self.hidden.dtype
 
-    def logits(self, rows: slice) -> torch.Tensor:
-        return F.linear(self.hidden[rows], self.weight, self.bias)
+    def logits(self, rows: slice, slope: bool) -> tuple[torch.Tensor, Any]:
+        """The logits of ``rows`` and, with ``slope``, d logits / d z (``Transform.apply``;
+        None without a transform)."""
+        z = F.linear(self.hidden[rows], self.weight, self.bias)
+        return (z, None) if self.transform is None else self.transform.apply(z, slope)
 
     def saved(self) -> tuple[torch.Tensor | None, ...]:
         """What a backward pass that runs the chunks again needs (``_teacher_of``)."""
@@ -113,8 +159,8 @@ class _Listed:
     def dtype(self) -> torch.dtype:
         return self.teacher.logprobs.dtype
 
-    def logits(self, rows: slice) -> SparseTeacher:
-        return SparseTeacher(self.teacher.ids[rows], self.teacher.logprobs[rows])
+    def logits(self, rows: slice, slope: bool) -> tuple[SparseTeacher, None]:
+        return SparseTeacher(self.teacher.ids[rows], self.teacher.logprobs[rows]), None
 
     def saved(self) -> tuple[torch.Tensor | None, ...]:
         return self.teacher.ids, self.teacher.logprobs, None
@@ -129,11 +175,12 @@ class _Listed:
         return None, None, None
 
 
-def _teacher_of(sparse: bool, first, weight, bias, needs) -> _Linear | _Listed:
+def _teacher_of(sparse: bool, first, weight, bias, needs,
+                transform: Transform | None) -> _Linear | _Listed:
     """The teacher of a call: its output layer (hidden, weight, bias), or with ``sparse``
     a sparse teacher's (ids, logprobs, None)."""
     return _Listed(SparseTeacher(first, weight)) if sparse else _Linear(first, weight, bias,
-                                                                         needs)
+                                                                         needs, transform)
 
 
 def _add_product(total: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
@@ -163,25 +210,32 @@ def _run_chunks(student: _Linear, teacher: _Linear | _Listed, target: torch.Tens
                 config: LossConfig, rows_fn, chunk_rows: int, grads: bool,
                 grad_scale: torch.Tensor | None, row_weights: torch.Tensor | None = None):
     """Every chunk: logits, row losses, and (with ``grads``) the gradients accumulated, each
-    row's multiplied by ``grad_scale`` (0-d) and ``row_weights`` (per row) in float32 at
-    least before they take the logits' dtype. Returns the row losses and parts."""
+    row's multiplied by ``grad_scale`` (0-d), ``row_weights`` (per row) and the transform's
+    slope in float32 at least before they take the layer's dtype. Returns the row losses and
+    parts."""
     rows = student.hidden.shape[0]
+    need_s, need_t = grads and student.needs_grad, grads and teacher.needs_grad
     losses, parts = [], []
     for start in range(0, rows, chunk_rows):
         chunk = slice(start, min(start + chunk_rows, rows))
+        logits_s, slope_s = student.logits(chunk, need_s)
+        logits_t, slope_t = teacher.logits(chunk, need_t)
         row_loss, row_parts, grad_s, grad_t = rows_fn(
-            student.logits(chunk), teacher.logits(chunk),
-            None if target is None else target[chunk], config,
-            grads and student.needs_grad, grads and teacher.needs_grad, grad_scale)
+            logits_s, logits_t, None if target is None else target[chunk], config, need_s,
+            need_t, grad_scale)
+        del logits_s, logits_t  # (before the gradients' products)
         losses.append(row_loss)
         parts.append(row_parts)
-        for model, grad in ((student, grad_s), (teacher, grad_t)):
+        for model, grad, slope in ((student, grad_s, slope_s), (teacher, grad_t, slope_t)):
             if grad is not None:
-                if row_weights is not None:  # (the product in float32 at least)
-                    wide = torch.promote_types(grad.dtype, torch.float32)
-                    grad = grad.to(wide) * row_weights[chunk, None]
+                if row_weights is not None or slope is not None:  # (in float32 at least)
+                    grad = grad.to(torch.promote_types(grad.dtype, torch.float32))
+                    if row_weights is not None:
+                        grad = grad * row_weights[chunk, None]
+                    if slope is not None:  # (the chain rule through the transform)
+                        grad = grad * slope
                 model.accumulate(chunk, grad.to(model.dtype))
-        del grad_s, grad_t  # (the chunk's logits went with the call)
+        del grad_s, grad_t, slope_s, slope_t
     if not losses:  # no rows
         dtype = torch.float64 if torch.float64 in (student.dtype, teacher.dtype) \
             else torch.float32
@@ -200,13 +254,14 @@ class _FusedLinearFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, h_s, w_s, b_s, h_t, w_t, b_t, target, config, backend, reduction,
-                mean_scale, chunk_rows, shard, reduce_hidden_grad, grad_enabled, sparse):
+                mean_scale, chunk_rows, shard, reduce_hidden_grad, grad_enabled, sparse,
+                transforms):
         rows_fn = rows_function(backend, shard, sparse)
         # (needs_input_grad says True under torch.no_grad() too: the caller's grad mode)
         needs = ctx.needs = tuple(grad_enabled and need for need in ctx.needs_input_grad)
-        student = _Linear(h_s, w_s, b_s, needs[0:3])
-        teacher = _teacher_of(sparse, h_t, w_t, b_t, needs[3:6])
-        ctx.sparse = sparse
+        student = _Linear(h_s, w_s, b_s, needs[0:3], transforms[0])
+        teacher = _teacher_of(sparse, h_t, w_t, b_t, needs[3:6], transforms[1])
+        ctx.sparse, ctx.transforms = sparse, transforms
         per_row = reduction == "none"
         rerun = per_row or torch.float16 in (student.dtype, teacher.dtype)
         row_loss, parts = _run_chunks(student, teacher, target, config, rows_fn, chunk_rows,
@@ -236,8 +291,8 @@ class _FusedLinearFunction(torch.autograd.Function):
         else:
             h_s, w_s, b_s, h_t, w_t, b_t, target, mean_scale = ctx.saved_tensors
             config, rows_fn, chunk_rows, shard, reduce_hidden_grad = ctx.settings
-            student = _Linear(h_s, w_s, b_s, ctx.needs[0:3])
-            teacher = _teacher_of(ctx.sparse, h_t, w_t, b_t, ctx.needs[3:6])
+            student = _Linear(h_s, w_s, b_s, ctx.needs[0:3], ctx.transforms[0])
+            teacher = _teacher_of(ctx.sparse, h_t, w_t, b_t, ctx.needs[3:6], ctx.transforms[1])
             scale = None if ctx.per_row else grad_loss if mean_scale is None \
                 else grad_loss * mean_scale  # (0-d, float32 at least)
             with torch.autocast(h_s.device.type, enabled=False):
@@ -246,7 +301,7 @@ class _FusedLinearFunction(torch.autograd.Function):
             _reduce_hidden_grads((student, teacher), shard, reduce_hidden_grad)
             grads = _finish((*student.buffers(), *teacher.buffers()),
                             (*student.dtypes(), *teacher.dtypes()))
-        return (*grads, None, None, None, None, None, None, None, None, None, None)
+        return (*grads, None, None, None, None, None, None, None, None, None, None, None)
 
 
 def _reduce_hidden_grads(models, shard: parallel.Shard | None, reduce: bool) -> None:
@@ -318,11 +373,7 @@ def _check_sparse(teacher_weight: object, teacher_bias: object) -> None:
                             f"{type(value).__name__}")
 
 
-def _check_pair(student_hidden, student_weight, teacher_hidden, teacher_weight) -> None:
-    if student_weight.shape[0] != teacher_weight.shape[0]:
-        raise ValueError("ldrld_fused_linear_loss: student_weight and teacher_weight must have "
-                         f"the same number of classes C (rows), got {student_weight.shape[0]} "
-                         f"and {teacher_weight.shape[0]}")
+def _check_pair(student_hidden, teacher_hidden) -> None:
     if student_hidden.shape[:-1] != teacher_hidden.shape[:-1]:
         raise ValueError("ldrld_fused_linear_loss: student_hidden and teacher_hidden must have "
                          f"the same leading shape, got {tuple(student_hidden.shape[:-1])} and "
@@ -331,6 +382,79 @@ def _check_pair(student_hidden, student_weight, teacher_hidden, teacher_weight) 
         raise ValueError("ldrld_fused_linear_loss: the student's and the teacher's tensors "
                          f"must be on one device, got {student_hidden.device} and "
                          f"{teacher_hidden.device}")
+
+
+def _check_sparse_transform(transform: Transform | None) -> None:
+    if transform is not None:
+        raise ValueError("ldrld_fused_linear_loss: teacher_logit_scale and teacher_softcap must "
+                         "be 1.0 and None when teacher_hidden is a SparseTeacher (its "
+                         "log-probabilities already are the teacher's distribution), got "
+                         f"teacher_logit_scale={transform.scale!r}, "
+                         f"teacher_softcap={transform.cap!r}")
+
+
+def _check_num_classes(num_classes: int | None) -> None:
+    """``num_classes`` as far as it is known without the layers (at a module's construction
+    too): None or an int >= 2."""
+    if num_classes is None:
+        return
+    check_int("num_classes", num_classes, function="ldrld_fused_linear_loss")
+    if num_classes < 2:
+        raise ValueError("ldrld_fused_linear_loss: num_classes must be >= 2 (and > k), got "
+                         f"num_classes={num_classes}")
+
+
+def _vocabulary(num_classes: int | None, k: int, student_rows: int, teacher_rows: int | None,
+                parallel: bool) -> int:
+    """The classes the loss runs over, V: rows [0, V) of each layer (``num_classes``, or the
+    layers' common row count); ``teacher_rows`` None for a sparse teacher. With ``parallel``
+    the layers hold this rank's classes, whose count V is (``num_classes`` may only name the
+    whole vocabulary: checked against the group's in ``_check_global_classes``)."""
+    _check_num_classes(num_classes)
+    rows = (student_rows,) if teacher_rows is None else (student_rows, teacher_rows)
+    counts = f"student_weight has {student_rows} rows" + (
+        "" if teacher_rows is None else f", teacher_weight {teacher_rows}")
+    if parallel:
+        if len(set(rows)) > 1:
+            raise ValueError("ldrld_fused_linear_loss: with process_group, student_weight and "
+                             "teacher_weight must hold the same classes (rows) on each rank, got "
+                             f"{counts}: padded vocabularies (num_classes=) are not supported "
+                             "with process_group")
+        return student_rows
+    if num_classes is None:
+        if len(set(rows)) > 1:
+            raise ValueError("ldrld_fused_linear_loss: student_weight and teacher_weight have "
+                             f"different row counts ({counts}): pass num_classes= (the shared "
+                             "real vocabulary; the rows past it are padding)")
+        return student_rows
+    if not k < num_classes <= min(rows):
+        raise ValueError("ldrld_fused_linear_loss: num_classes must satisfy k < num_classes <= "
+                         f"each weight's row count (k={k}; {counts}), got "
+                         f"num_classes={num_classes}")
+    return int(num_classes)
+
+
+def _check_global_classes(num_classes: int | None, shard: parallel.Shard | None) -> None:
+    """Vocabulary parallel: ``num_classes`` may only be the group's class count (an
+    asynchronous assertion where that count is a device tensor, ``parallel.shard_of``)."""
+    if num_classes is None or shard is None:
+        return
+    message = ("ldrld_fused_linear_loss: with process_group, num_classes must be the group's "
+               "class count (the sum of the ranks' rows): padded vocabularies are not "
+               "supported with process_group")
+    if isinstance(shard.num_classes, torch.Tensor):
+        torch._assert_async(shard.num_classes == num_classes, message)
+    elif shard.num_classes != num_classes:
+        raise ValueError(f"{message}; got num_classes={num_classes} for "
+                         f"{shard.num_classes} classes")
+
+
+def _first_rows(classes: int, weight: torch.Tensor, bias: torch.Tensor | None
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Rows [0, classes) of a layer (views; the layer itself when it has no more)."""
+    if weight.shape[0] == classes:
+        return weight, bias
+    return weight[:classes], None if bias is None else bias[:classes]
 
 
 def _check_chunk_rows(chunk_rows: object) -> None:
@@ -350,6 +474,11 @@ def ldrld_fused_linear_loss(
     student_bias: torch.Tensor | None = None,
     teacher_bias: torch.Tensor | None = None,
     chunk_rows: int | Literal["auto"] = "auto",
+    num_classes: int | None = None,
+    student_logit_scale: float = 1.0,
+    teacher_logit_scale: float = 1.0,
+    student_softcap: float | None = None,
+    teacher_softcap: float | None = None,
     k: int = 7,
     temperature: float = 4.0,
     alpha: float = 1.0,
@@ -366,9 +495,9 @@ def ldrld_fused_linear_loss(
     process_group: object | None = None,
     reduce_hidden_grad: bool = True,
 ) -> torch.Tensor | LDRLDOutput:
-    """``ldrld_loss`` of ``student_hidden @ student_weight.T + student_bias`` and the
-    teacher's, computed ``chunk_rows`` rows at a time so that the logits of the whole batch
-    never exist (``fused_linear``).
+    """``ldrld_loss`` of the logits ``softcap(student_logit_scale * (student_hidden @
+    student_weight.T + student_bias))`` and the teacher's, computed ``chunk_rows`` rows at a
+    time so that the logits of the whole batch never exist (``fused_linear``).
 
     Args:
         student_hidden: ``(..., H_s)`` hidden states; the student's output layer is
@@ -382,12 +511,31 @@ def ldrld_fused_linear_loss(
         target: ``(...)`` int64 class ids, or None.
         chunk_rows: rows per chunk, or ``"auto"``: the most whose two logits and their
             gradients fit in 1 GiB on CUDA, 256 MiB on CPU (``CHUNK_BYTES``), a multiple of
-            128 rows; the PyTorch path's temporaries come on top of that.
+            128 rows (4-byte logits with a transform below); the PyTorch path's temporaries
+            come on top of that.
+        num_classes: the classes C of the loss, where the two output layers pad one
+            vocabulary to different row counts (e.g. 151,936 and 152,064 rows): rows [0, C)
+            of each weight and bias count (views, not copies), the padded rows get a zero
+            gradient, and a target or a SparseTeacher id must be < C. ``k < num_classes <=``
+            each weight's row count. None: the weights' row count, which must then be the
+            same. With ``process_group``, padded vocabularies are not supported: both
+            weights hold the same rows on each rank and ``num_classes`` (if given) is the
+            group's total.
+        student_logit_scale, student_softcap: what the student's output layer does to its
+            logits z: ``softcap(student_logit_scale * z)`` with ``softcap(x) = cap *
+            tanh(x / cap)``, ``cap = student_softcap`` (None: no cap); the gradients
+            include the transform (computed in float32, float64 for float64 layers).
+            Cohere's ``logit_scale``, Granite's ``1 / logits_scaling``, Gemma-2's
+            ``final_logit_softcapping``. The scale a finite real > 0, the cap None or a
+            finite real > 0; 1.0 and None leave the logits as they are.
+        teacher_logit_scale, teacher_softcap: the teacher's; only the defaults with a
+            SparseTeacher (its log-probabilities already are the teacher's distribution).
         process_group: vocabulary parallel, as in ``ldrld_loss``: each rank passes its rows
             of both weights (and biases), classes [offset, offset + C_rank), and the same
-            hidden states and target. The gradient of each hidden state is summed over the
-            group (``reduce_hidden_grad=False`` leaves each rank its share, for a caller that
-            reduces it itself, e.g. through Megatron's ``copy_to_tensor_model_parallel_region``).
+            hidden states and target (each rank applies the transforms to its classes). The
+            gradient of each hidden state is summed over the group (``reduce_hidden_grad=False``
+            leaves each rank its share, for a caller that reduces it itself, e.g. through
+            Megatron's ``copy_to_tensor_model_parallel_region``).
         The other keywords are ``ldrld_loss``'s.
 
     Returns:
@@ -398,6 +546,11 @@ def ldrld_fused_linear_loss(
         loss = ldrld_fused_linear_loss(student_out.hidden_states[-1], student.lm_head.weight,
                                        teacher_out.hidden_states[-1], teacher.lm_head.weight,
                                        labels, ignore_index=-100)
+        # a student whose layer softcaps its logits at 30 (Gemma-2), a teacher whose layer
+        # pads the shared 151,936-class vocabulary to more rows
+        loss = ldrld_fused_linear_loss(h_s, student.lm_head.weight, h_t,
+                                       teacher.lm_head.weight, labels, num_classes=151_936,
+                                       student_softcap=30.0)
         # from a teacher's top-K saved offline
         loss = ldrld_fused_linear_loss(student_out.hidden_states[-1], student.lm_head.weight,
                                        SparseTeacher(top_ids, top_logprobs), None, labels)
@@ -405,17 +558,22 @@ def ldrld_fused_linear_loss(
     # (the keywords as given, each checked by its class: config; this function defines no
     # closure, whose cells torch.compile could not read in locals())
     config, options = LossConfig.from_keywords(locals()), CallOptions.from_keywords(locals())
+    transforms = (Transform.of("student", student_logit_scale, student_softcap),
+                  Transform.of("teacher", teacher_logit_scale, teacher_softcap))
     student_hidden, student_weight, student_bias = _autocast(student_hidden, student_weight,
                                                              student_bias)
     _check_linear("student", student_hidden, student_weight, student_bias)
     _check_chunk_rows(chunk_rows)
     lead = student_hidden.shape[:-1]
-    rows, num_classes = math.prod(lead), student_weight.shape[0]
+    rows = math.prod(lead)
     h_s = student_hidden.reshape(rows, student_hidden.shape[-1])
     sparse = isinstance(teacher_hidden, SparseTeacher)
     if isinstance(teacher_hidden, SparseTeacher):
         _check_sparse(teacher_weight, teacher_bias)
-        call = prepare(_logits_like(student_hidden, num_classes), teacher_hidden, target,
+        _check_sparse_transform(transforms[1])
+        classes = _vocabulary(num_classes, config.k, student_weight.shape[0], None,
+                              process_group is not None)
+        call = prepare(_logits_like(student_hidden, classes), teacher_hidden, target,
                        config, options)
         teacher_grad = False
         # (ids and logprobs in the teacher's hidden states' and weight's places)
@@ -426,20 +584,30 @@ def ldrld_fused_linear_loss(
         hidden, teacher_weight, teacher_bias = _autocast(teacher_hidden, teacher_weight,
                                                          teacher_bias)
         _check_linear("teacher", hidden, teacher_weight, teacher_bias)
-        _check_pair(student_hidden, student_weight, hidden, teacher_weight)
-        call = prepare(_logits_like(student_hidden, num_classes),
-                       _logits_like(hidden, num_classes), target, config, options)
+        _check_pair(student_hidden, hidden)
+        classes = _vocabulary(num_classes, config.k, student_weight.shape[0],
+                              teacher_weight.shape[0], process_group is not None)
+        call = prepare(_logits_like(student_hidden, classes), _logits_like(hidden, classes),
+                       target, config, options)
         teacher_grad = torch.is_grad_enabled() and any(
             x is not None and x.requires_grad for x in (hidden, teacher_weight, teacher_bias))
         h_t = hidden.reshape(rows, hidden.shape[-1])
+        # rows [0, V) of a padded layer: views, whose padded rows get zero gradient
+        teacher_weight, teacher_bias = _first_rows(classes, teacher_weight, teacher_bias)
+    _check_global_classes(num_classes, call.shard)
+    student_weight, student_bias = _first_rows(classes, student_weight, student_bias)
     if chunk_rows == "auto":
-        chunk_rows = auto_chunk_rows(rows, num_classes, student_hidden.element_size(),
-                                     teacher_grad, student_hidden.device, sparse)
+        # (transformed logits are float32 at least)
+        itemsize = student_hidden.element_size()
+        if any(transform is not None for transform in transforms):
+            itemsize = max(itemsize, 4)
+        chunk_rows = auto_chunk_rows(rows, classes, itemsize, teacher_grad,
+                                     student_hidden.device, sparse)
     with torch.autocast(h_s.device.type, enabled=False):  # (inputs cast above)
         loss, parts = _FusedLinearFunction.apply(
             h_s, student_weight, student_bias, h_t, teacher_weight, teacher_bias, call.target,
             config, call.backend, reduction, call.mean_scale, chunk_rows, call.shard,
-            reduce_hidden_grad, torch.is_grad_enabled(), sparse)
+            reduce_hidden_grad, torch.is_grad_enabled(), sparse, transforms)
     return output(loss, parts, lead, reduction, return_parts)
 
 
@@ -459,6 +627,10 @@ class LDRLDFusedLinearLoss(torch.nn.Module):
         for checked in (LossConfig, CallOptions):  # (fails here on a bad setting)
             checked(**{field.name: options[field.name] for field in dataclasses.fields(checked)
                        if field.name in options})
+        for who in ("student", "teacher"):
+            Transform.of(who, options.get(f"{who}_logit_scale", 1.0),
+                         options.get(f"{who}_softcap"))
+        _check_num_classes(options.get("num_classes"))
         self.options = options
 
     def forward(

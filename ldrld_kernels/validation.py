@@ -28,13 +28,14 @@ def _check_logits(name: str, logits: object) -> torch.Tensor:
     return logits
 
 
-def check_real(name: str, value: object, positive: bool = False) -> None:
+def check_real(name: str, value: object, positive: bool = False,
+               function: str = "ldrld_loss") -> None:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"ldrld_loss: {name} must be a real number, got {name}={value!r}")
+        raise TypeError(f"{function}: {name} must be a real number, got {name}={value!r}")
     if not math.isfinite(value):
-        raise ValueError(f"ldrld_loss: {name} must be finite, got {name}={value!r}")
+        raise ValueError(f"{function}: {name} must be finite, got {name}={value!r}")
     if positive and value <= 0:
-        raise ValueError(f"ldrld_loss: {name} must be > 0, got {name}={value!r}")
+        raise ValueError(f"{function}: {name} must be > 0, got {name}={value!r}")
 
 
 def check_int(name: str, value: object, function: str = "ldrld_loss") -> None:

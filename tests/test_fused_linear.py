@@ -36,14 +36,27 @@ def _inputs(lead=(3, 5), hidden=(8, 12), classes=40, dtype=torch.float64, teache
     return tensors, target
 
 
+# the output layer's keywords: ``_materialized`` applies them to the logits it builds
+LAYER_KEYWORDS = ("num_classes", "student_logit_scale", "teacher_logit_scale",
+                  "student_softcap", "teacher_softcap")
+
+
+def _layer_logits(tensors, who, num_classes=None, **layer):
+    """A model's logits as its output layer returns them, in float64: rows [0, num_classes)
+    of the layer, then ``softcap(scale * z)`` written out."""
+    rows = slice(num_classes)
+    x = tensors[f"{who}_hidden"].double() @ tensors[f"{who}_weight"][rows].double().T
+    if tensors[f"{who}_bias"] is not None:
+        x = x + tensors[f"{who}_bias"][rows].double()
+    x = x * layer.get(f"{who}_logit_scale", 1.0)
+    cap = layer.get(f"{who}_softcap")
+    return x if cap is None else cap * torch.tanh(x / cap)
+
+
 def _materialized(tensors, target, backend=None, **options):
     """The reference's loss of the logits, in float64 (differentiable to the inputs)."""
-    logits = []
-    for who in ("student", "teacher"):
-        x = tensors[f"{who}_hidden"].double() @ tensors[f"{who}_weight"].double().T
-        if tensors[f"{who}_bias"] is not None:
-            x = x + tensors[f"{who}_bias"].double()
-        logits.append(x)
+    layer = {name: options.pop(name) for name in LAYER_KEYWORDS if name in options}
+    logits = [_layer_logits(tensors, who, **layer) for who in ("student", "teacher")]
     return reference.ldrld_loss(*logits, target, return_parts=True, **options)
 
 
@@ -136,7 +149,7 @@ def test_auto_chunk_rows_follows_the_budget():
 
 @pytest.mark.parametrize(("change", "error", "match"), [
     (lambda t: t.update(teacher_weight=t["teacher_weight"][:-1], teacher_bias=None), ValueError,
-     "same number of classes"),
+     r"different row counts \(student_weight has 40 rows, teacher_weight 39\): pass num_cl"),
     (lambda t: t.update(student_weight=t["student_weight"][:, :-1]), ValueError,
      r"student_hidden \(\.\.\., H\) must match student_weight"),
     (lambda t: t.update(student_weight=t["student_weight"].float()), TypeError,
@@ -301,10 +314,12 @@ def _check_sparse(tensors, top, target, chunk_rows, tolerance, **options):
     leaves = [tensors[name] for name in ("student_hidden", "student_weight", "student_bias")]
 
     def materialized():
-        logits = leaves[0].double() @ leaves[1].double().T + leaves[2].double()
+        layer = {k: v for k, v in options.items() if k in LAYER_KEYWORDS}
+        logits = _layer_logits(tensors, "student", **layer)
         return reference.ldrld_loss(logits, reference.densify(*top, logits.shape[-1]), target,
                                     return_parts=True,
-                                    **{k: v for k, v in options.items() if k != "backend"})
+                                    **{k: v for k, v in options.items()
+                                       if k != "backend" and k not in LAYER_KEYWORDS})
 
     _agree(leaves, lambda: lk.ldrld_fused_linear_loss(
         leaves[0], leaves[1], top, None, target, student_bias=leaves[2], chunk_rows=chunk_rows,
@@ -363,3 +378,209 @@ def test_auto_chunk_rows_of_a_sparse_teacher():
     assert sparse * 32_000 * 4 * 2 <= fused_linear.CHUNK_BYTES["cpu"]
     assert (sparse + fused_linear.CHUNK_TILE) * 32_000 * 4 * 2 > fused_linear.CHUNK_BYTES["cpu"]
     assert sparse > dense
+
+
+# ---- The output layer as the model runs it: logit scale, softcap, padded rows -----------------
+
+TRANSFORMS = {
+    "scale": {"student_logit_scale": 0.4, "teacher_logit_scale": 1.7},
+    "softcap": {"student_softcap": 2.5, "teacher_softcap": 4.0},
+    "both": {"student_logit_scale": 1.8, "student_softcap": 3.0, "teacher_logit_scale": 0.6,
+             "teacher_softcap": 2.0},
+    "student-only": {"student_logit_scale": 0.5, "student_softcap": 2.0},
+    "teacher-only": {"teacher_logit_scale": 2.5, "teacher_softcap": 3.0},
+}
+
+
+@pytest.mark.parametrize("transform", TRANSFORMS)
+@pytest.mark.parametrize(("chunk_rows", "reduction"), [(1, "mean"), ("auto", "sum"),
+                                                        (4, "none"), ("auto", "none")])
+def test_transforms_match_the_materialized_logits(transform, chunk_rows, reduction):
+    # (logits of about 3 standard deviations against caps of 2 to 4: some near saturation)
+    tensors, target = _inputs(teacher_grad=True, seed=20)
+    _check(tensors, target, chunk_rows, TOLERANCE[torch.float64], reduction=reduction,
+           backend="torch", **TRANSFORMS[transform])
+
+
+def test_transforms_with_other_options_and_float32():
+    tensors, target = _inputs(bias=False, lead=(11,), seed=21)
+    _check(tensors, None, 3, TOLERANCE[torch.float64], k=3, temperature=2.0, rank_by="teacher",
+           backend="torch", **TRANSFORMS["both"])
+    tensors, target = _inputs(dtype=torch.float32, teacher_grad=True, seed=22)
+    _check(tensors, target, 4, TOLERANCE[torch.float32], backend="torch", **TRANSFORMS["both"])
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_transforms_in_16_bit_under_a_grad_scaler_factor(dtype):
+    """16-bit layers: the transform in float32 (float16 runs its chunks again in backward,
+    the factor in the row kernels), the gradients within the layers' rounding of the float64
+    ones, finite at GradScaler's 65,536."""
+    tensors, target = _inputs(dtype=dtype, teacher_grad=True, seed=23)
+    leaves = [x for x in tensors.values() if x is not None]
+    options = {"backend": "torch", **TRANSFORMS["both"]}
+    results = []
+    for loss_fn, extra in ((_fused, {"chunk_rows": 4}), (_materialized, {})):
+        loss = loss_fn(tensors, target, **options, **extra).loss
+        results.append([loss, *torch.autograd.grad(loss * 65536.0, leaves)])
+    for got, want in zip(*results, strict=True):
+        assert got.isfinite().all()
+        want = want.detach().double()
+        torch.testing.assert_close(got.detach().double(), want, rtol=3e-2,
+                                   atol=3e-2 * float(want.abs().max()))
+
+
+def test_autocast_with_a_softcap():
+    tensors, target = _inputs(dtype=torch.float32, seed=24)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = _fused(tensors, target, chunk_rows=4, backend="torch", student_softcap=3.0).loss
+        expected = _materialized(tensors, target, student_softcap=3.0).loss
+    loss.backward()
+    assert tensors["student_weight"].grad.dtype == torch.float32
+    torch.testing.assert_close(loss, expected.float(), rtol=2e-2, atol=2e-2)
+
+
+def test_triton_backend_with_transforms_and_padded_rows():
+    tensors, target = _inputs(dtype=torch.float32, classes=100, lead=(2, 3), device=DEVICE,
+                              teacher_grad=True, seed=25)
+    _pad(tensors, "teacher", 8)
+    _check(tensors, target, 4, TOLERANCE[torch.float32], backend="triton", num_classes=100,
+           **TRANSFORMS["both"])
+
+
+def test_the_defaults_are_no_transform_and_change_nothing():
+    assert fused_linear.Transform.of("student", 1.0, None) is None
+    assert fused_linear.Transform.of("student", 1, None) is None
+    assert fused_linear.Transform.of("teacher", 2, None) == (2.0, None)
+    tensors, target = _inputs(teacher_grad=True, seed=26)
+    leaves = [x for x in tensors.values() if x is not None]
+    results = []
+    for extra in ({}, {"student_logit_scale": 1.0, "teacher_logit_scale": 1.0,
+                       "student_softcap": None, "teacher_softcap": None, "num_classes": 40}):
+        out = _fused(tensors, target, chunk_rows=4, backend="torch", reduction="none", **extra)
+        results.append([*out, *torch.autograd.grad(out.loss.sum(), leaves)])
+    for got, want in zip(*results, strict=True):
+        assert torch.equal(got, want)
+
+
+def _pad(tensors, who, extra, seed=0):
+    """``who``'s output layer with ``extra`` random rows appended (new leaves, as they were)."""
+    generator = torch.Generator().manual_seed(100 + seed)
+    for name in (f"{who}_weight", f"{who}_bias"):
+        value = tensors[name]
+        if value is None:
+            continue
+        rows = torch.randn(extra, *value.shape[1:], generator=generator, dtype=torch.float64)
+        tensors[name] = torch.cat([value.detach(), rows.to(value)]).requires_grad_(
+            value.requires_grad)
+
+
+@pytest.mark.parametrize("padding", [(0, 8), (4, 8)], ids=["teacher-padded", "both-padded"])
+@pytest.mark.parametrize(("chunk_rows", "reduction"), [(1, "mean"), ("auto", "none")])
+def test_padded_vocabularies(padding, chunk_rows, reduction):
+    """Layers of 40 + padding rows over a 40-class vocabulary: the reference on rows [0, 40)
+    of each, and exactly zero gradient on the padded rows."""
+    tensors, target = _inputs(teacher_grad=True, seed=27)
+    for who, extra in zip(("student", "teacher"), padding, strict=True):
+        if extra:
+            _pad(tensors, who, extra)
+    options = {"num_classes": 40, "reduction": reduction, "backend": "torch"}
+    _check(tensors, target, chunk_rows, TOLERANCE[torch.float64], **options)
+    _check(tensors, target, chunk_rows, TOLERANCE[torch.float64], **options,
+           **TRANSFORMS["both"])
+    out = _fused(tensors, target, chunk_rows=chunk_rows, **options)
+    out.loss.sum().backward()
+    for who in ("student", "teacher"):
+        for name in (f"{who}_weight", f"{who}_bias"):
+            grad = tensors[name].grad
+            assert grad.shape == tensors[name].shape
+            assert grad[:40].abs().sum() > 0, name
+            assert torch.count_nonzero(grad[40:]) == 0, name
+
+
+def test_padded_vocabulary_errors():
+    tensors, target = _inputs(seed=28)
+    _pad(tensors, "teacher", 8)
+    counts = r"student_weight has 40 rows, teacher_weight 48"
+    for num_classes, error, match in (
+            (None, ValueError, rf"different row counts \({counts}\): pass num_classes="),
+            (41, ValueError, rf"<= each weight's row count \(k=7; {counts}\), got num_classes=41"),
+            (7, ValueError, "got num_classes=7"),
+            (1, ValueError, r"num_classes must be >= 2 \(and > k\), got num_classes=1"),
+            (True, TypeError, "num_classes must be an int, got num_classes=True"),
+            (40.0, TypeError, "num_classes must be an int, got num_classes=40.0")):
+        with pytest.raises(error, match=match):
+            _fused(tensors, target, num_classes=num_classes, backend="torch")
+    target[0, 1] = 40  # a class of the teacher's padding only
+    with pytest.raises(ValueError, match=r"target values must be in \[0, 40\)"):
+        _fused(tensors, target, num_classes=40, backend="torch")
+
+
+@pytest.mark.parametrize("who", ["student", "teacher"])
+@pytest.mark.parametrize(("keyword", "value", "error", "shown"), [
+    ("logit_scale", 0.0, ValueError, "must be > 0"),
+    ("logit_scale", -2.0, ValueError, "must be > 0"),
+    ("logit_scale", float("inf"), ValueError, "must be finite"),
+    ("logit_scale", float("nan"), ValueError, "must be finite"),
+    ("logit_scale", None, TypeError, "must be a real number"),
+    ("logit_scale", True, TypeError, "must be a real number"),
+    ("logit_scale", torch.tensor(2.0), TypeError, "must be a real number"),
+    ("logit_scale", "2", TypeError, "must be a real number"),
+    ("softcap", 0, ValueError, "must be > 0"),
+    ("softcap", -30.0, ValueError, "must be > 0"),
+    ("softcap", float("inf"), ValueError, "must be finite"),
+    ("softcap", False, TypeError, "must be a real number"),
+    ("softcap", torch.tensor(30.0), TypeError, "must be a real number"),
+])
+def test_transform_errors_name_the_argument(who, keyword, value, error, shown):
+    tensors, target = _inputs()
+    name = f"{who}_{keyword}"
+    match = rf"ldrld_fused_linear_loss: {name} {shown}, got {name}="
+    with pytest.raises(error, match=match):
+        _fused(tensors, target, backend="torch", **{name: value})
+    with pytest.raises(error, match=match):
+        lk.LDRLDFusedLinearLoss(**{name: value})
+
+
+def test_module_takes_the_layer_keywords():
+    tensors, target = _inputs(seed=29)
+    _pad(tensors, "teacher", 8)
+    options = {"num_classes": 40, "backend": "torch", **TRANSFORMS["both"]}
+    module = lk.LDRLDFusedLinearLoss(chunk_rows=4, **options)
+    assert "student_softcap=3.0" in repr(module) and "num_classes=40" in repr(module)
+    loss = module(tensors["student_hidden"], tensors["student_weight"], tensors["teacher_hidden"],
+                  tensors["teacher_weight"], target, tensors["student_bias"],
+                  tensors["teacher_bias"])
+    torch.testing.assert_close(loss, _materialized(tensors, target, **options).loss,
+                               rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="num_classes=1"):
+        lk.LDRLDFusedLinearLoss(num_classes=1)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_sparse_teacher_with_a_student_transform_and_padded_rows(reduction):
+    tensors, top, target = _sparse_inputs(torch.float64, seed=30)
+    _check_sparse(tensors, top, target, 4, 1e-9, reduction=reduction, backend="torch",
+                  student_logit_scale=0.7, student_softcap=2.5)
+    _pad(tensors, "student", 6)
+    _check_sparse(tensors, top, target, "auto", 1e-9, reduction=reduction, backend="torch",
+                  num_classes=40, student_softcap=2.5)
+    leaves = [tensors[f"student_{name}"] for name in ("hidden", "weight", "bias")]
+    lk.ldrld_fused_linear_loss(leaves[0], leaves[1], top, None, target, student_bias=leaves[2],
+                               num_classes=40, reduction=reduction).sum().backward()
+    for padded in leaves[1:]:
+        assert padded.grad[:40].abs().sum() > 0 and torch.count_nonzero(padded.grad[40:]) == 0
+    ids = top.ids.clone()
+    ids[0, 0, 0] = 41  # a padded row (the ids are < 40), listed
+    with pytest.raises(ValueError, match=r"SparseTeacher: ids must lie in \[0, 40\)"):
+        lk.ldrld_fused_linear_loss(tensors["student_hidden"], tensors["student_weight"],
+                                   lk.SparseTeacher(ids, top.logprobs), None, target,
+                                   num_classes=40)
+
+
+@pytest.mark.parametrize("keyword", [{"teacher_logit_scale": 2.0}, {"teacher_softcap": 30.0}])
+def test_sparse_teacher_takes_no_teacher_transform(keyword):
+    tensors, top, target = _sparse_inputs(torch.float64, seed=31)
+    with pytest.raises(ValueError, match=r"teacher_logit_scale and teacher_softcap must be 1\.0 "
+                                         r"and None when teacher_hidden is a SparseTeacher"):
+        lk.ldrld_fused_linear_loss(tensors["student_hidden"], tensors["student_weight"], top,
+                                   None, target, **keyword)

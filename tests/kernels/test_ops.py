@@ -100,6 +100,34 @@ def test_compiled_fused_linear_step_matches_eager(backend, reduction):
 
 @pytest.mark.filterwarnings("error::UserWarning")
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_compiled_fused_linear_step_with_layer_options(backend):
+    """A logit scale, softcaps and a teacher layer padded past the vocabulary: compiled as
+    eager (reduction="none": the chunks run again in backward)."""
+    student, teacher, inputs, target = _models(100)
+    padded = torch.cat([teacher.weight, teacher.weight[:8]])
+
+    def loss_fn(x, y):
+        loss = lk.ldrld_fused_linear_loss(
+            x, student.weight, x, padded, y, student_bias=student.bias, chunk_rows=4,
+            backend=backend, reduction="none", num_classes=100, student_logit_scale=0.5,
+            student_softcap=3.0, teacher_softcap=4.0)
+        return loss.sum()
+
+    eager = loss_fn(inputs, target)
+    eager.backward()
+    eager_grads = [student.weight.grad.clone(), student.bias.grad.clone()]
+    student.zero_grad(set_to_none=True)
+
+    torch._dynamo.reset()
+    compiled = torch.compile(loss_fn, fullgraph=True)(inputs, target)  # a break raises
+    compiled.backward()
+    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-6)
+    for got, want in zip((student.weight.grad, student.bias.grad), eager_grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.filterwarnings("error::UserWarning")
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("fused", [False, True])
 def test_compiled_step_with_a_sparse_teacher_matches_eager(backend, fused):
     student, teacher, inputs, target = _models(100)

@@ -215,7 +215,8 @@ def _half_case(rank: int, world: int, failures: list[str], backend: str) -> None
 def _fused_linear_case(rank: int, world: int, failures: list[str], backend: str) -> None:
     """``ldrld_fused_linear_loss`` with each rank's rows of the output layers: the loss, the
     hidden states' gradient (summed over the ranks) and each rank's rows of the weights' and
-    biases' gradients, against one process with the whole layers."""
+    biases' gradients, against one process with the whole layers; as they are, and with a
+    logit scale and a softcap on each (each rank transforms its classes)."""
     dtype = torch.float64 if backend == "torch" else torch.float32
     generator = torch.Generator().manual_seed(11)
     h_s, h_t = (torch.randn(2, 5, size, generator=generator, dtype=dtype) for size in (8, 12))
@@ -224,27 +225,45 @@ def _fused_linear_case(rank: int, world: int, failures: list[str], backend: str)
     target = torch.randint(0, 40, (2, 5), generator=generator)
     target[0, ::3] = -100
     here = _slices([5, 35] if world == 2 else [3, 30, 7], rank)
-    results = []
-    for sharded in (True, False):
-        leaves = [h_s.clone().requires_grad_(),
-                  (w_s[here] if sharded else w_s).clone().requires_grad_(),
-                  (b_s[here] if sharded else b_s).clone().requires_grad_(),
-                  (w_t[here] if sharded else w_t).clone().requires_grad_()]
-        out = lk.ldrld_fused_linear_loss(
-            leaves[0], leaves[1], h_t, leaves[3], target, student_bias=leaves[2], chunk_rows=4,
-            backend=backend, return_parts=True,
-            process_group=dist.group.WORLD if sharded else None)
-        out.loss.backward()
-        grads = [leaf.grad if sharded or i == 0 else leaf.grad[here]
-                 for i, leaf in enumerate(leaves)]
-        results.append([out.loss, out.rntk, *grads])
-    tolerance = TOLERANCE[dtype]
-    for what, got, want in zip(("loss", "rntk", "hidden grad", "weight grad", "bias grad",
-                                "teacher weight grad"), *results, strict=True):
-        scale = max(1.0, float(want.abs().max()) if want.numel() else 0.0)
-        if not torch.allclose(got, want, rtol=tolerance, atol=tolerance * scale):
-            failures.append(f"{backend} fused linear: {what} differs by "
-                            f"{float((got - want).abs().max()):.3g}")
+    transforms = {"student_logit_scale": 0.7, "student_softcap": 3.0,
+                  "teacher_logit_scale": 1.5, "teacher_softcap": 5.0}
+    for name, options in (("", {}), (" transformed", transforms)):
+        results = []
+        for sharded in (True, False):
+            leaves = [h_s.clone().requires_grad_(),
+                      (w_s[here] if sharded else w_s).clone().requires_grad_(),
+                      (b_s[here] if sharded else b_s).clone().requires_grad_(),
+                      (w_t[here] if sharded else w_t).clone().requires_grad_()]
+            out = lk.ldrld_fused_linear_loss(
+                leaves[0], leaves[1], h_t, leaves[3], target, student_bias=leaves[2],
+                chunk_rows=4, backend=backend, return_parts=True,
+                process_group=dist.group.WORLD if sharded else None, **options)
+            out.loss.backward()
+            grads = [leaf.grad if sharded or i == 0 else leaf.grad[here]
+                     for i, leaf in enumerate(leaves)]
+            results.append([out.loss, out.rntk, *grads])
+        tolerance = TOLERANCE[dtype]
+        for what, got, want in zip(("loss", "rntk", "hidden grad", "weight grad", "bias grad",
+                                    "teacher weight grad"), *results, strict=True):
+            scale = max(1.0, float(want.abs().max()) if want.numel() else 0.0)
+            if not torch.allclose(got, want, rtol=tolerance, atol=tolerance * scale):
+                failures.append(f"{backend} fused linear{name}: {what} differs by "
+                                f"{float((got - want).abs().max()):.3g}")
+    # padded vocabularies are not supported with process_group: num_classes only as the whole
+    # vocabulary, and the same rows of both layers on each rank
+    group = dist.group.WORLD
+    for num_classes, w_teacher, expected in (
+            (39, w_t[here], "num_classes must be the group's class count"),
+            (None, torch.cat([w_t[here], w_t[:1]]), "padded vocabularies"),  # (every rank)
+            (40, w_t[here], None)):
+        try:
+            lk.ldrld_fused_linear_loss(h_s, w_s[here], h_t, w_teacher, target, backend=backend,
+                                       num_classes=num_classes, process_group=group)
+            if expected is not None:
+                failures.append(f"{backend} fused linear num_classes={num_classes}: no error")
+        except ValueError as error:
+            if expected is None or expected not in str(error):
+                failures.append(f"{backend} fused linear num_classes={num_classes}: {error}")
 
 
 def _sparse_fused_linear_case(rank: int, world: int, failures: list[str], backend: str) -> None:
