@@ -72,6 +72,22 @@ def test_compiled_step_matches_eager(backend, num_classes):
     torch.testing.assert_close(student.weight.grad, eager_grad, rtol=1e-5, atol=1e-6)
 
 
+def _compiled_matches_eager(loss_fn, inputs, target, student):
+    """``torch.compile(loss_fn, fullgraph=True)`` (a graph break raises) gives the eager loss
+    and the eager gradients of the ``student`` layer."""
+    eager = loss_fn(inputs, target)
+    eager.backward()
+    eager_grads = [student.weight.grad.clone(), student.bias.grad.clone()]
+    student.zero_grad(set_to_none=True)
+
+    torch._dynamo.reset()
+    compiled = torch.compile(loss_fn, fullgraph=True)(inputs, target)
+    compiled.backward()
+    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-6)
+    for got, want in zip((student.weight.grad, student.bias.grad), eager_grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.filterwarnings("error::UserWarning")
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("reduction", ["mean", "none"])
@@ -85,17 +101,7 @@ def test_compiled_fused_linear_step_matches_eager(backend, reduction):
             teacher_bias=teacher.bias, chunk_rows=4, backend=backend, reduction=reduction)
         return loss.sum()
 
-    eager = loss_fn(inputs, target)
-    eager.backward()
-    eager_grads = [student.weight.grad.clone(), student.bias.grad.clone()]
-    student.zero_grad(set_to_none=True)
-
-    torch._dynamo.reset()
-    compiled = torch.compile(loss_fn, fullgraph=True)(inputs, target)  # a break raises
-    compiled.backward()
-    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-6)
-    for got, want in zip((student.weight.grad, student.bias.grad), eager_grads, strict=True):
-        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    _compiled_matches_eager(loss_fn, inputs, target, student)
 
 
 @pytest.mark.filterwarnings("error::UserWarning")
@@ -113,17 +119,7 @@ def test_compiled_fused_linear_step_with_layer_options(backend):
             student_softcap=3.0, teacher_softcap=4.0)
         return loss.sum()
 
-    eager = loss_fn(inputs, target)
-    eager.backward()
-    eager_grads = [student.weight.grad.clone(), student.bias.grad.clone()]
-    student.zero_grad(set_to_none=True)
-
-    torch._dynamo.reset()
-    compiled = torch.compile(loss_fn, fullgraph=True)(inputs, target)  # a break raises
-    compiled.backward()
-    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-6)
-    for got, want in zip((student.weight.grad, student.bias.grad), eager_grads, strict=True):
-        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    _compiled_matches_eager(loss_fn, inputs, target, student)
 
 
 @pytest.mark.filterwarnings("error::UserWarning")
