@@ -33,6 +33,11 @@ position (``teacher_ids``, ``teacher_logprobs``; ``save_teacher_top_k`` writes t
 ``transformers.Trainer``, keep those columns: ``TrainingArguments(remove_unused_columns=
 False)``.
 
+**Data parallel.** The fused path runs the model's decoder and output layer itself, which a
+``DistributedDataParallel`` wrapper (a multi-GPU Trainer) does not allow: its own forward
+must run for its gradient synchronisation. Under such a wrapper the fused path is a
+``TypeError``; ``fused=False`` runs the wrapper and materializes the logits.
+
 Nothing here imports ``transformers``: the models are used through their ``config``,
 ``get_decoder()`` and ``get_output_embeddings()``.
 """
@@ -104,7 +109,8 @@ def output_layer(config: Any) -> OutputLayer:
 
 
 def _unwrap(model: Any) -> Any:
-    return getattr(model, "module", model)  # (a DataParallel-style wrapper)
+    """The model inside a DataParallel-style wrapper (to read its layers)."""
+    return getattr(model, "module", model)
 
 
 class LDRLDDistillation:
@@ -149,7 +155,13 @@ class LDRLDDistillation:
         saved = None if self.teacher is not None else \
             SparseTeacher(inputs["teacher_ids"], inputs["teacher_logprobs"])
         if self.fused:
-            loss = self._fused_loss(_unwrap(model), body, labels, saved, classes, options)
+            if not hasattr(model, "get_decoder"):
+                raise TypeError(
+                    f"LDRLDDistillation(fused=True) runs the model's decoder and output layer "
+                    f"itself, and got a {type(model).__name__} without get_decoder(): a "
+                    f"DistributedDataParallel-style wrapper, whose own forward must run for its "
+                    f"gradient synchronisation; use fused=False under such a wrapper")
+            loss = self._fused_loss(model, body, labels, saved, classes, options)
         else:
             logits = model(**body).logits[:, :-1, :classes]
             if saved is None:

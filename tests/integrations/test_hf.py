@@ -114,6 +114,17 @@ def test_padded_vocabularies():
     assert not weight[50:].any() and weight[:50].any()  # (no gradient to the padded rows)
 
 
+def test_a_wrapped_model_needs_the_materialized_path():
+    student, teacher = tiny("llama", 32, seed=1), tiny("llama", 48, seed=0)
+    batch = _batch()
+    wrapped = torch.nn.DataParallel(student)  # (on CPU: calls the module itself)
+    with pytest.raises(TypeError, match="DataParallel without get_decoder.*fused=False"):
+        hf.LDRLDDistillation(teacher=teacher).compute_loss(wrapped, batch)
+    torch.testing.assert_close(
+        hf.LDRLDDistillation(teacher=teacher, fused=False).compute_loss(wrapped, batch),
+        _by_hand(student, teacher, batch)[0])
+
+
 def test_an_unknown_transform_is_refused():
     config = transformers.AutoConfig.for_model("llama")
     assert hf.output_layer(config) == hf.OutputLayer()
