@@ -20,7 +20,9 @@ output layer (``output_layer``): Gemma-2 and 3 cap them (``final_logit_softcappi
 tanh(z / cap)), Cohere scales them (``logit_scale``), Granite divides them
 (``logits_scaling``). The loss reads these from each model's config on every call, so that
 they cannot be forgotten, and passes them to the fused loss; a config whose family is not
-in the table but that carries a field known to transform logits elsewhere is refused.
+in the table but that carries a field known to transform logits elsewhere is refused, as are
+a multimodal wrapper of a transforming text model and an output layer that is not a plain
+``nn.Linear`` (``fused=False`` computes the models' own logits for those).
 
 **Padded vocabularies.** Models of one tokenizer often pad their output layer to a multiple
 of 64 or 128 rows (151,936 against 152,064): pass ``num_classes=`` (the shared real
@@ -62,21 +64,17 @@ class OutputLayer(NamedTuple):
     softcap: float | None = None
 
 
-def _softcap(config: Any) -> OutputLayer:
-    return OutputLayer(softcap=config.final_logit_softcapping)
-
-
-# model_type -> its output layer, for the families whose causal LM computes
-# transform(lm_head(last_hidden_state)) (each read in transformers' modeling code)
+# model_type -> (the config field, what the causal LM does with it) for the families whose
+# causal LM computes transform(lm_head(last_hidden_state)) (each read in transformers'
+# modeling code): "cap" softcaps, "times" multiplies, "over" divides
 TRANSFORMS = {
-    **dict.fromkeys(("gemma2", "gemma3_text", "vaultgemma", "nanochat"), _softcap),
-    **dict.fromkeys(("cohere", "cohere2", "cohere2_moe"),
-                    lambda config: OutputLayer(logit_scale=config.logit_scale)),
+    **dict.fromkeys(("gemma2", "gemma3_text", "vaultgemma", "nanochat"),
+                    ("final_logit_softcapping", "cap")),
+    **dict.fromkeys(("cohere", "cohere2", "cohere2_moe"), ("logit_scale", "times")),
     **dict.fromkeys(("granite", "granite_swa", "granitemoe", "granitemoe_swa",
-                     "granitemoeshared"),
-                    lambda config: OutputLayer(logit_scale=1.0 / config.logits_scaling)),
-    "hyperclovax": lambda config: OutputLayer(logit_scale=config.logits_scaling),
-    "falcon_h1": lambda config: OutputLayer(logit_scale=config.lm_head_multiplier),
+                     "granitemoeshared"), ("logits_scaling", "over")),
+    "hyperclovax": ("logits_scaling", "times"),
+    "falcon_h1": ("lm_head_multiplier", "times"),
 }
 # config fields that transform the logits in some family: refused outside TRANSFORMS
 TRANSFORM_FIELDS = ("final_logit_softcapping", "logit_scale", "logits_scaling",
@@ -86,26 +84,53 @@ TRANSFORM_FIELDS = ("final_logit_softcapping", "logit_scale", "logits_scaling",
 
 
 def output_layer(config: Any) -> OutputLayer:
-    """The transform a model's config applies to its output layer's logits; a ``ValueError``
-    for a config outside ``TRANSFORMS`` that sets one of ``TRANSFORM_FIELDS``."""
+    """The transform a model's config applies to its output layer's logits, for a
+    ``model_type`` of ``TRANSFORMS`` or a plain one. A ``ValueError`` otherwise: a config (or
+    its text config, in a multimodal model) outside ``TRANSFORMS`` that sets one of
+    ``TRANSFORM_FIELDS``, or a text config of a ``TRANSFORMS`` family inside another model
+    (whose wrapper may apply it otherwise)."""
     model_type = getattr(config, "model_type", None)
     if model_type in TRANSFORMS:
-        layer = TRANSFORMS[model_type](config)
-        for name, value in (("logit scale", layer.logit_scale), ("softcap", layer.softcap)):
-            if value is not None and not (isinstance(value, (int, float))
-                                          and math.isfinite(value) and value > 0):
-                raise ValueError(f"model_type {model_type!r}: its config gives the {name} "
-                                 f"{value!r}; expected a finite number > 0")
-        return OutputLayer(float(layer.logit_scale),
-                           None if layer.softcap is None else float(layer.softcap))
-    found = {name: getattr(config, name) for name in TRANSFORM_FIELDS
-             if getattr(config, name, None) not in (None, False)}
-    if found:
-        raise ValueError(
-            f"model_type {model_type!r} is not one whose output layer LDRLDDistillation "
-            f"knows, and its config sets {found}, which transforms the logits in other "
-            f"families: the loss would not be the model's. Known: {sorted(TRANSFORMS)}")
+        field, use = TRANSFORMS[model_type]
+        value = getattr(config, field)
+        if use == "cap" and value is None:
+            return OutputLayer()
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+                not (math.isfinite(value) and value > 0):
+            raise ValueError(f"model_type {model_type!r}: its config's {field} is {value!r}; "
+                             "expected a finite number > 0")
+        if use == "cap":
+            return OutputLayer(softcap=float(value))
+        return OutputLayer(logit_scale=float(value) if use == "times" else 1.0 / value)
+    get_text_config = getattr(config, "get_text_config", None)
+    text = get_text_config() if callable(get_text_config) else config
+    for part in (config,) if text is config else (config, text):
+        found = {name: getattr(part, name) for name in TRANSFORM_FIELDS
+                 if getattr(part, name, None) not in (None, False)}
+        if found or part is not config and getattr(part, "model_type", None) in TRANSFORMS:
+            where = "its config" if part is config else \
+                f"its text config ({getattr(part, 'model_type', None)!r})"
+            raise ValueError(
+                f"model_type {model_type!r} is not one whose output layer LDRLDDistillation "
+                f"knows, and {where} sets {found or 'a transform of its logits'}: the fused "
+                f"loss would not be the model's (fused=False computes the model's own logits). "
+                f"Known: {sorted(TRANSFORMS)}")
     return OutputLayer()
+
+
+# the batch's entries that are not the model's inputs
+_NOT_MODEL_INPUTS = ("labels", "teacher_ids", "teacher_logprobs")
+
+
+def _linear_head(model: Any) -> torch.nn.Linear:
+    """The model's output layer, which the fused path computes as ``h W^T + b``: a
+    ``TypeError`` for any other module (a learned per-class scale, a LoRA adapter)."""
+    head = model.get_output_embeddings()
+    if type(head) is not torch.nn.Linear:
+        raise TypeError(f"LDRLDDistillation(fused=True) computes the output layer as h W^T + b, "
+                        f"and {type(model).__name__}'s is a {type(head).__name__}, whose forward "
+                        f"may do more: use fused=False (the model's own logits)")
+    return head
 
 
 def _unwrap(model: Any) -> Any:
@@ -148,19 +173,21 @@ class LDRLDDistillation:
     def compute_loss(self, model: Any, inputs: dict, return_outputs: bool = False,
                      num_items_in_batch: int | torch.Tensor | None = None) -> Any:
         labels = inputs["labels"][:, 1:]  # position i predicts the token at i + 1
-        body = {"input_ids": inputs["input_ids"], "attention_mask": inputs.get("attention_mask")}
+        # (what the model takes: input_ids, attention_mask, position_ids of packed batches, ...)
+        body = {key: value for key, value in inputs.items() if key not in _NOT_MODEL_INPUTS}
         options = {**self.ldrld_options,
                    "reduction": "mean" if num_items_in_batch is None else "sum"}
         classes = self._classes(model)
         saved = None if self.teacher is not None else \
             SparseTeacher(inputs["teacher_ids"], inputs["teacher_logprobs"])
         if self.fused:
-            if not hasattr(model, "get_decoder"):
+            if not hasattr(type(model), "get_decoder"):
                 raise TypeError(
                     f"LDRLDDistillation(fused=True) runs the model's decoder and output layer "
-                    f"itself, and got a {type(model).__name__} without get_decoder(): a "
-                    f"DistributedDataParallel-style wrapper, whose own forward must run for its "
-                    f"gradient synchronisation; use fused=False under such a wrapper")
+                    f"itself, and got a {type(model).__name__} whose class has no "
+                    f"get_decoder(): a DistributedDataParallel- or FSDP-style wrapper, whose own "
+                    f"forward must run for its gradient synchronisation; use fused=False under "
+                    f"such a wrapper")
             loss = self._fused_loss(model, body, labels, saved, classes, options)
         else:
             logits = model(**body).logits[:, :-1, :classes]
@@ -171,23 +198,39 @@ class LDRLDDistillation:
                 teacher = saved
             loss = cast(torch.Tensor, ldrld_loss(logits, teacher, labels, **options))
         if num_items_in_batch is not None:
-            loss = loss / num_items_in_batch
-        return (loss, None) if return_outputs else loss
+            loss = loss / num_items_in_batch * self._devices_factor()
+        return (loss, {}) if return_outputs else loss  # ({}: no logits to evaluate)
+
+    def _devices_factor(self) -> int:
+        """With ``num_items_in_batch`` counted over every device, the factor by which
+        ``transformers.Trainer.compute_loss`` multiplies its own loss (to undo DDP's average
+        of the gradients; ``average_tokens_across_devices``), mirrored; 1 outside a Trainer."""
+        trainer: Any = self
+        args: Any = getattr(trainer, "args", None)
+        if not getattr(args, "average_tokens_across_devices", False) or not (
+                getattr(trainer, "model_accepts_loss_kwargs", False)
+                or getattr(trainer, "compute_loss_func", None)):
+            return 1
+        if getattr(args, "n_gpu", 1) > 1:
+            return int(args.n_gpu)
+        tensor_parallel = getattr(trainer, "get_tp_size", None)
+        return trainer.accelerator.num_processes // (tensor_parallel() if tensor_parallel else 1)
 
     def _fused_loss(self, model: Any, body: dict, labels: torch.Tensor,
                     saved: SparseTeacher | None, classes: int | None,
                     options: dict) -> torch.Tensor:
         student = output_layer(model.config)
-        head = model.get_output_embeddings()
+        head = _linear_head(model)
         hidden = model.get_decoder()(**body).last_hidden_state[:, :-1]
         teacher_options: dict[str, Any] = {}
         if saved is None:
             assert self.teacher is not None
             layer = output_layer(self.teacher.config)
-            teacher_head = self.teacher.get_output_embeddings()
+            teacher_head = _linear_head(self.teacher)
             with torch.no_grad():
                 teacher_hidden = self.teacher.get_decoder()(**body).last_hidden_state[:, :-1]
-            teacher = (teacher_hidden, teacher_head.weight, teacher_head.bias)
+            teacher: tuple[Any, Any, Any] = (teacher_hidden, teacher_head.weight,
+                                             teacher_head.bias)
             teacher_options = {"teacher_logit_scale": layer.logit_scale,
                                "teacher_softcap": layer.softcap}
         else:
@@ -200,16 +243,20 @@ class LDRLDDistillation:
 
 
 def save_teacher_top_k(teacher: Any, batches: list[dict], path: str, top_k: int,
-                       dtype: torch.dtype = torch.float16) -> None:
+                       dtype: torch.dtype = torch.float16,
+                       num_classes: int | None = None) -> None:
     """Run ``teacher`` once over ``batches`` and save each with the teacher's top-``top_k`` at
     every position that predicts a token (``(batch, length - 1, top_k)``): ids as int32,
-    log-probabilities at temperature 1 in ``dtype`` (6 K bytes a position in float16)."""
+    log-probabilities at temperature 1 in ``dtype`` (6 K bytes a position in float16).
+    ``num_classes``: the real vocabulary of a teacher whose output layer pads it (the
+    log-probabilities are then over those classes, as the loss takes them)."""
     records = []
     teacher.eval()
     with torch.no_grad():
         for batch in batches:
-            logits = teacher(input_ids=batch["input_ids"],
-                             attention_mask=batch["attention_mask"]).logits[:, :-1]
+            body = {key: value for key, value in batch.items()
+                    if key not in _NOT_MODEL_INPUTS}
+            logits = teacher(**body).logits[:, :-1, :num_classes]
             top = SparseTeacher.from_logits(logits, top_k)
             records.append({**batch, "teacher_ids": top.ids.to(torch.int32),
                             "teacher_logprobs": top.logprobs.to(dtype)})

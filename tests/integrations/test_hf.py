@@ -1,6 +1,8 @@
 """``integrations.hf``: the mixin's loss is ``ldrld_loss`` on the models' own logits (the
 output layer as each family runs it), padded vocabularies, offline teachers."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -50,7 +52,7 @@ def _batch(seed: int = 0, vocab: int = VOCAB):
 
 def _by_hand(student, teacher, batch, classes=None, **options):
     """``ldrld_loss`` on the models' own (shifted) logits, and the student's gradients."""
-    body = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    body = {key: value for key, value in batch.items() if key != "labels"}
     logits = student(**body).logits[:, :-1, :classes]
     with torch.no_grad():
         teacher_logits = teacher(**body).logits[:, :-1, :classes]
@@ -85,16 +87,34 @@ def test_the_loss_of_the_models_own_logits(model_type):
     assert layer != hf.OutputLayer() or model_type == "llama"  # (the transform is in play)
 
 
+class _InATrainer(hf.LDRLDDistillation):
+    """The mixin as a multi-device ``transformers.Trainer`` runs it (the attributes its own
+    ``compute_loss`` reads): 4 processes, tensor-parallel pairs."""
+
+    args = SimpleNamespace(average_tokens_across_devices=True, n_gpu=1)
+    model_accepts_loss_kwargs = True
+    accelerator = SimpleNamespace(num_processes=4)
+
+    def get_tp_size(self):
+        return 2
+
+
 def test_families_mixed_and_the_trainers_reduction():
     student, teacher = tiny("granite", 32, seed=1), tiny("gemma2", 48, seed=0)
     batch = _batch(seed=3)
+    # a packed batch: positions restart within the rows, which the models must be given
+    batch["position_ids"] = torch.arange(10).remainder(6).expand(4, 10)
     loss, grads = _by_hand(student, teacher, batch, reduction="sum")
     distill = hf.LDRLDDistillation(teacher=teacher)
     got = distill.compute_loss(student, batch, num_items_in_batch=50)
     _assert_same((got, torch.autograd.grad(got, list(student.parameters()), allow_unused=True)),
                  (loss / 50, [g / 50 for g in grads]))
+    # in a Trainer on several devices, times its processes over the tensor-parallel size
+    torch.testing.assert_close(
+        _InATrainer(teacher=teacher).compute_loss(student, batch, num_items_in_batch=50),
+        got * 2)
     loss, outputs = distill.compute_loss(student, batch, return_outputs=True)
-    assert outputs is None and loss.dim() == 0
+    assert outputs == {} and loss.dim() == 0  # (Trainer.prediction_step takes a dict)
 
 
 def test_padded_vocabularies():
@@ -118,8 +138,24 @@ def test_a_wrapped_model_needs_the_materialized_path():
     student, teacher = tiny("llama", 32, seed=1), tiny("llama", 48, seed=0)
     batch = _batch()
     wrapped = torch.nn.DataParallel(student)  # (on CPU: calls the module itself)
-    with pytest.raises(TypeError, match="DataParallel without get_decoder.*fused=False"):
+    with pytest.raises(TypeError, match="DataParallel whose class has no get_decoder.*"
+                                        "fused=False"):
         hf.LDRLDDistillation(teacher=teacher).compute_loss(wrapped, batch)
+
+    class Forwarding(torch.nn.Module):  # (FSDP's wrapper hands out its module's attributes)
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+
+        def __getattr__(self, name):
+            try:
+                return super().__getattr__(name)
+            except AttributeError:
+                return getattr(self.module, name)
+
+    assert hasattr(Forwarding(student), "get_decoder")
+    with pytest.raises(TypeError, match="Forwarding whose class has no get_decoder"):
+        hf.LDRLDDistillation(teacher=teacher).compute_loss(Forwarding(student), batch)
     torch.testing.assert_close(
         hf.LDRLDDistillation(teacher=teacher, fused=False).compute_loss(wrapped, batch),
         _by_hand(student, teacher, batch)[0])
@@ -137,9 +173,29 @@ def test_an_unknown_transform_is_refused():
         hf.output_layer(mpt)
     gemma = transformers.AutoConfig.for_model("gemma2", final_logit_softcapping=None)
     assert hf.output_layer(gemma) == hf.OutputLayer()
-    bad = transformers.AutoConfig.for_model("granite", logits_scaling=float("inf"))
-    with pytest.raises(ValueError, match="'granite'.*logit scale 0.0; expected a finite"):
-        hf.output_layer(bad)
+    for value in (float("inf"), 0.0):
+        bad = transformers.AutoConfig.for_model("granite", logits_scaling=value)
+        with pytest.raises(ValueError, match=f"'granite'.*logits_scaling is {value}; expected"):
+            hf.output_layer(bad)
+    # a multimodal model: the text config's transform, applied by a wrapper not in the table
+    wrapped = transformers.AutoConfig.for_model(
+        "gemma3", text_config={"final_logit_softcapping": 0.5})
+    with pytest.raises(ValueError, match="'gemma3'.*text config.*final_logit_softcapping.*"
+                                         "fused=False"):
+        hf.output_layer(wrapped)
+
+
+def test_an_output_layer_that_does_more_is_refused():
+    student, teacher = tiny("llama", 32, seed=1), tiny("llama", 48, seed=0)
+
+    class ScaledHead(torch.nn.Linear):  # (a learned per-class scale, as some heads have)
+        def forward(self, x):
+            return super().forward(x) * 2.0
+
+    head = student.lm_head
+    student.lm_head = ScaledHead(head.in_features, head.out_features, bias=False)
+    with pytest.raises(TypeError, match="ScaledHead, whose forward may do more.*fused=False"):
+        hf.LDRLDDistillation(teacher=teacher).compute_loss(student, _batch())
 
 
 def test_offline_teacher(tmp_path):
