@@ -216,11 +216,13 @@ class _Call(NamedTuple):
 
 def prepare(student_logits: torch.Tensor, teacher_logits: torch.Tensor | SparseTeacher,
             target: torch.Tensor | None, config: LossConfig, options: CallOptions,
-            chunks_of: int | None = None) -> _Call:
+            chunks_of: int | None = None,
+            settings: tuple[tuple[str, float], ...] = ()) -> _Call:
     """Validate a call on ``(..., C)`` logits (or stand-ins of their shape, dtype and device),
     agree with the other ranks of ``options.process_group``, choose the backend, and the
     mean's scale: shared by ``ldrld_loss`` and ``fused_linear``. ``chunks_of``: the row's C
-    when the slices are a DTensor's (``parallel.shard_of``)."""
+    when the slices are a DTensor's (``parallel.shard_of``); ``settings``: the caller's
+    numbers beyond the config's, by name, for the ranks to agree on."""
     process_group = options.process_group
     validate(student_logits, teacher_logits, target, k=config.k,
              vocab_slice=process_group is not None)  # (then shard_of checks k against C)
@@ -228,8 +230,14 @@ def prepare(student_logits: torch.Tensor, teacher_logits: torch.Tensor | SparseT
     shard = None
     if process_group is not None:
         # one small all-gather, which also checks that the ranks agree
-        shard = parallel.shard_of(student_logits, process_group, rows, config.k,
-                                  config.temperature, target is not None, chunks_of)
+        # (every setting agreed, not only those the collectives' shapes depend on: ranks
+        # with another alpha would return another loss each)
+        agreed = tuple((name, float(value)) for name, value in config.numbers()._asdict().items()
+                       if name not in ("k", "temperature"))
+        shard = parallel.shard_of(
+            student_logits, process_group, rows, config.k, config.temperature,
+            target is not None, chunks_of,
+            (*agreed, ("rank_by", float(config.rank_by == "teacher")), *settings))
     backend = resolve_backend(options.backend, student_logits, teacher_logits)
     num_classes = student_logits.shape[-1] if shard is None else shard.num_classes
     flat_target = None

@@ -457,6 +457,15 @@ def _first_rows(classes: int, weight: torch.Tensor, bias: torch.Tensor | None
     return weight[:classes], None if bias is None else bias[:classes]
 
 
+def _settings(transforms: tuple[Transform | None, Transform | None]
+              ) -> tuple[tuple[str, float], ...]:
+    """The layers' transforms, for the ranks of a process group to agree on (0: no cap)."""
+    return tuple((f"{who}_{name}", value) for who, transform in zip(
+        ("student", "teacher"), transforms, strict=True) for name, value in (
+        ("logit_scale", 1.0 if transform is None else transform.scale),
+        ("softcap", 0.0 if transform is None or transform.cap is None else transform.cap)))
+
+
 def _check_chunk_rows(chunk_rows: object) -> None:
     if chunk_rows != "auto" and (isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int)
                                  or chunk_rows < 1):
@@ -574,7 +583,7 @@ def ldrld_fused_linear_loss(
         classes = _vocabulary(num_classes, config.k, student_weight.shape[0], None,
                               process_group is not None)
         call = prepare(_logits_like(student_hidden, classes), teacher_hidden, target,
-                       config, options)
+                       config, options, settings=_settings(transforms))
         teacher_grad = False
         # (ids and logprobs in the teacher's hidden states' and weight's places)
         listed = teacher_hidden.ids.shape[-1]
@@ -588,7 +597,7 @@ def ldrld_fused_linear_loss(
         classes = _vocabulary(num_classes, config.k, student_weight.shape[0],
                               teacher_weight.shape[0], process_group is not None)
         call = prepare(_logits_like(student_hidden, classes), _logits_like(hidden, classes),
-                       target, config, options)
+                       target, config, options, settings=_settings(transforms))
         teacher_grad = torch.is_grad_enabled() and any(
             x is not None and x.requires_grad for x in (hidden, teacher_weight, teacher_bias))
         h_t = hidden.reshape(rows, hidden.shape[-1])

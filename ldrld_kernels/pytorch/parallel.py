@@ -20,8 +20,8 @@ rest locally, on each rank's slice):
   above and the rank's own logits. The backward pass needs no collective.
 
 Communication per call: rows x 4 k world numbers gathered (float64) and rows x 8 reduced
-(6 without a target), plus one all-gather of 5 numbers per rank that checks that the ranks
-agree; nothing that grows with C. No host synchronisation: that check runs on host tensors
+(6 without a target), plus one all-gather of a dozen numbers per rank that checks that the
+ranks agree on the shapes and every setting; nothing that grows with C. No host synchronisation: that check runs on host tensors
 when the group carries them (gloo, or ``backend="cpu:gloo,cuda:nccl"``), and is an
 asynchronous device assertion on an NCCL-only group (``shard_of``).
 """
@@ -81,9 +81,11 @@ def chunk_widths(num_classes: int, world: int) -> list[int]:
 
 
 def shard_of(student: torch.Tensor, group: ProcessGroup, rows: int, k: int, temperature: float,
-             has_target: bool, chunks_of: int | None = None) -> Shard:
+             has_target: bool, chunks_of: int | None = None,
+             settings: tuple[tuple[str, float], ...] = ()) -> Shard:
     """This rank's ``Shard``, after one small all-gather that checks that every rank passes
-    the same row count, k, temperature and target presence, and that 2 <= k < C. On host
+    the same row count, k, temperature, target presence and ``settings`` (the call's other
+    numbers, by name: alpha, beta, a layer's logit scale, ...), and that 2 <= k < C. On host
     tensors (``checks_on_host``): a ``ValueError`` on every rank when they do not, never a
     hang in a later collective. Otherwise (an NCCL-only group) the gather runs on the device
     and the check is an asynchronous assertion, like the target check on an accelerator:
@@ -95,7 +97,7 @@ def shard_of(student: torch.Tensor, group: ProcessGroup, rows: int, k: int, temp
     numbers on every group."""
     local = student.shape[-1]
     host = checks_on_host(group, student.device)
-    values = (rows, local, k, temperature, float(has_target))
+    values = (rows, local, k, temperature, float(has_target), *(v for _, v in settings))
     if host:
         mine = torch.tensor(values, dtype=torch.float64)
     else:
@@ -113,7 +115,7 @@ def shard_of(student: torch.Tensor, group: ProcessGroup, rows: int, k: int, temp
         same = table == table[0]  # (slices: indexing with a list would copy it to the device)
         torch._assert_async(same[:, 0].all() & same[:, 2:].all(),
                             "ldrld_loss: the ranks of process_group disagree on the row count, "
-                            "k, temperature or target presence")
+                            "k, temperature, target presence or another setting")
         widths = table[:, 1].long()
         if chunks_of is not None:
             size = -(-chunks_of // len(widths))
@@ -126,7 +128,8 @@ def shard_of(student: torch.Tensor, group: ProcessGroup, rows: int, k: int, temp
         num_classes = widths.sum()
         torch._assert_async(num_classes > k, "ldrld_loss: k must satisfy k < C")
         return Shard(group, widths[:rank].sum(), local, num_classes)
-    for column, name in _AGREED:
+    for column, name in (*_AGREED, *((len(values) - len(settings) + i, name)
+                                     for i, (name, _) in enumerate(settings))):
         ranks_values = table[:, column].tolist()
         if len(set(ranks_values)) > 1:
             raise ValueError(f"ldrld_loss: the ranks of process_group disagree on the {name}: "

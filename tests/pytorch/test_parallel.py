@@ -136,6 +136,19 @@ def _cases(rank: int, world: int, failures: list[str], backend: str) -> None:
         except ValueError as error:
             if f"disagree on the {name}" not in str(error):
                 failures.append(f"disagreeing {name}: {error}")
+    # and on every other setting: each rank would return another loss
+    student, teacher = _logits(4, 40, torch.float64, seed=6)
+    here = _slices(even, rank)
+    for name, options in (("alpha", {"alpha": 1.0 + rank}),
+                          ("adw_decay", {"adw_decay": 0.05 * (1 + rank)}),
+                          ("rank_by", {"rank_by": ("student", "teacher")[rank % 2]})):
+        try:
+            lk.ldrld_loss(student[:, here], teacher[:, here], backend="torch",
+                          process_group=dist.group.WORLD, **options)
+            failures.append(f"disagreeing {name}: no error")
+        except ValueError as error:
+            if f"disagree on the {name}" not in str(error):
+                failures.append(f"disagreeing {name}: {error}")
 
 
 def _sparse_compare(name, rank, widths, student, top, target, failures, backend, **options):
@@ -249,6 +262,14 @@ def _fused_linear_case(rank: int, world: int, failures: list[str], backend: str)
             if not torch.allclose(got, want, rtol=tolerance, atol=tolerance * scale):
                 failures.append(f"{backend} fused linear{name}: {what} differs by "
                                 f"{float((got - want).abs().max()):.3g}")
+    # ranks whose layers transform their logits otherwise fail on every rank
+    try:
+        lk.ldrld_fused_linear_loss(h_s, w_s[here], h_t, w_t[here], target, backend=backend,
+                                   student_softcap=3.0 + rank, process_group=dist.group.WORLD)
+        failures.append(f"{backend} fused linear, disagreeing softcaps: no error")
+    except ValueError as error:
+        if "disagree on the student_softcap" not in str(error):
+            failures.append(f"{backend} fused linear, disagreeing softcaps: {error}")
     # padded vocabularies are not supported with process_group: num_classes only as the whole
     # vocabulary, and the same rows of both layers on each rank
     group = dist.group.WORLD
