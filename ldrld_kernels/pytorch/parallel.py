@@ -21,9 +21,10 @@ rest locally, on each rank's slice):
 
 Communication per call: rows x 4 k world numbers gathered (float64) and rows x 8 reduced
 (6 without a target), plus one all-gather of a dozen numbers per rank that checks that the
-ranks agree on the shapes and every setting; nothing that grows with C. No host synchronisation: that check runs on host tensors
-when the group carries them (gloo, or ``backend="cpu:gloo,cuda:nccl"``), and is an
-asynchronous device assertion on an NCCL-only group (``shard_of``).
+ranks agree on the shapes and every setting; nothing that grows with C. No host
+synchronisation: that check runs on host tensors when the group carries them (gloo, or
+``backend="cpu:gloo,cuda:nccl"``), and is an asynchronous device assertion on an NCCL-only
+group (``shard_of``).
 """
 
 from __future__ import annotations
