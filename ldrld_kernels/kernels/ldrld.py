@@ -525,6 +525,18 @@ def _int_power(x, T_POW: tl.constexpr):
 
 
 @triton.jit
+def _ce_softmax(s, e_u, m_s, FLAGS: tl.constexpr):
+    """The cross-entropy's unnormalized softmax at logits ``s`` as the sweep takes it:
+    2^(s log2(e) - m_s), or, when T is 1, 2 or 4, ``e_u`` = 2^(s c2 - m_u) to the power T
+    (then m_s = T m_u)."""
+    if FLAGS.T_POW == 0:
+        e_s = tl.exp2(tl.fma(s, LOG2E, -m_s))
+    else:
+        e_s = _int_power(e_u, FLAGS.T_POW)
+    return e_s
+
+
+@triton.jit
 def _stats_step(sums, inputs, chunk, MASKED: tl.constexpr, S_PACKED: tl.constexpr,
                 T_PACKED: tl.constexpr, LANES: tl.constexpr, VEC: tl.constexpr,
                 KPL: tl.constexpr, FLAGS: tl.constexpr, VECTOR: tl.constexpr):
@@ -704,10 +716,7 @@ def _grad_values(s, t, c2, per_row, FLAGS: tl.constexpr):
         else:
             g_s = e_u * w_q - e_v * w_p
         if FLAGS.HAS_TARGET:
-            if FLAGS.T_POW == 0:
-                g_s += w_ce * tl.exp2(tl.fma(s, LOG2E, -m_s))
-            else:
-                g_s += w_ce * _int_power(e_u, FLAGS.T_POW)
+            g_s += w_ce * _ce_softmax(s, e_u, m_s, FLAGS)
     if FLAGS.TEACHER_GRAD:
         # padding has e_v = 0 and a_v - a_u = nan: max() drops the nan
         g_t = e_v * w_p * tl.fma(tl.maximum(a_v - a_u, -3.0e38), LN2, t_shift)
@@ -897,10 +906,7 @@ def _store_listed(tensors, strides, settings, row, gs_row, per_row, own, lo_pos,
         e_u = tl.exp2(tl.fma(s_i, c2, -m_u[:, None]))
         g = w_q[:, None] * e_u - w_p[:, None] * tl.exp2(tl.fma(logprobs, c2, -m_v[:, None]))
         if FLAGS.HAS_TARGET:  # (the cross-entropy's softmax as the sweep takes it)
-            if FLAGS.T_POW == 0:
-                g += w_ce[:, None] * tl.exp2(tl.fma(s_i, LOG2E, -m_s[:, None]))
-            else:
-                g += w_ce[:, None] * _int_power(e_u, FLAGS.T_POW)
+            g += w_ce[:, None] * _ce_softmax(s_i, e_u, m_s[:, None], FLAGS)
             g -= tl.where(pos == y_p[:, None], ce_w, 0.0)
         tl.store(tensors.grad_s + gs_row[:, None] + pos,
                  g.to(tensors.grad_s.dtype.element_ty), mask=write)
