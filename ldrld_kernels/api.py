@@ -280,12 +280,8 @@ def _loss(student_logits, teacher_logits, target, config: LossConfig,
     # (the row count spelled out: a rank's slice of the classes may be empty)
     rows = math.prod(lead)
     student_2d = student_logits.reshape(rows, num_classes)
-    if isinstance(teacher_logits, SparseTeacher):
-        listed = teacher_logits.ids.shape[-1]
-        teacher_2d: torch.Tensor | SparseTeacher = SparseTeacher(
-            teacher_logits.ids.reshape(rows, listed), teacher_logits.logprobs.reshape(rows, listed))
-    else:
-        teacher_2d = teacher_logits.reshape(rows, num_classes)
+    teacher_2d = teacher_logits.rows(rows) if isinstance(teacher_logits, SparseTeacher) \
+        else teacher_logits.reshape(rows, num_classes)
     loss, parts = _LDRLDFunction.apply(student_2d, teacher_2d, call.target, config,
                                        call.backend, options.reduction, call.mean_scale,
                                        call.shard, torch.is_grad_enabled())

@@ -586,9 +586,7 @@ def ldrld_fused_linear_loss(
                        config, options, settings=_settings(transforms))
         teacher_grad = False
         # (ids and logprobs in the teacher's hidden states' and weight's places)
-        listed = teacher_hidden.ids.shape[-1]
-        h_t = teacher_hidden.ids.reshape(rows, listed)
-        teacher_weight = teacher_hidden.logprobs.reshape(rows, listed)
+        h_t, teacher_weight = teacher_hidden.rows(rows)
     else:
         hidden, teacher_weight, teacher_bias = _autocast(teacher_hidden, teacher_weight,
                                                          teacher_bias)

@@ -34,6 +34,12 @@ class SparseTeacher(NamedTuple):
     ids: torch.Tensor
     logprobs: torch.Tensor
 
+    def rows(self, count: int) -> SparseTeacher:
+        """Its ``count`` rows as ``(count, K)`` tensors (views where the layout allows)."""
+        listed = self.ids.shape[-1]
+        return SparseTeacher(self.ids.reshape(count, listed),
+                             self.logprobs.reshape(count, listed))
+
     @classmethod
     def from_logits(cls, teacher_logits: torch.Tensor, num_listed: int) -> SparseTeacher:
         """The top ``num_listed`` classes of ``teacher_logits`` ``(..., C)`` and their
